@@ -1,0 +1,1 @@
+"""The `codeassist` command line: one command, a subcommand per job."""

@@ -1,0 +1,329 @@
+"""Generation: prefill, one-token decode steps, sampling, stop rules, and KV prefix reuse.
+
+The editor case drives the design. Consecutive requests share almost all of their prompt (the
+user typed a few characters), so the engine keeps the tokens whose keys and values sit in the
+cache and prefills only what changed. The tokens it generated stay in the cache too, so
+accepting a suggestion and asking again costs only the new tokens.
+
+An Engine is not thread-safe: one worker thread owns it. Cancellation is a flag read after
+every token.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from codeassist.model import tokenizer as tok
+from codeassist.model.checkpoint import ModelInfo, load_model
+from codeassist.model.gpt import GPT
+from codeassist.model.healing import PrefixConstraint
+from codeassist.model.sampling import SamplingParams, sample_next
+from codeassist.model.store import resolve_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StopRules:
+    max_new_tokens: int = 64
+    stop_strings: tuple[str, ...] = ()  # generation stops before the first occurrence of any
+    stop_on_eos: bool = True
+    time_budget_s: float | None = None  # wall-clock budget for the whole request
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: tuple[int, ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: StopRules = field(default_factory=StopRules)
+    forced_prefix: bytes = b""  # token healing: the output must begin with these bytes
+    seed: int | None = None
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]
+    text: str  # generated text after stop-string trimming (begins with forced_prefix, if any)
+    stop_reason: str  # eos | stop | max_tokens | time | cancelled | context
+    prompt_tokens: int
+    reused_tokens: int = 0
+    truncated_prompt: bool = False
+    prefill_ms: float = 0.0
+    first_token_ms: float = 0.0
+    total_ms: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class CancelledError(Exception):
+    pass
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA GPU is available")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    # bf16 on CUDA; fp32 on CPU, where eager bf16 is slower for batch-1 decoding
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+class Engine:
+    def __init__(self, model: GPT, device: torch.device | None = None, dtype: torch.dtype | None = None,
+                 info: ModelInfo | None = None, name: str = "custom") -> None:
+        self.device = device or next(model.parameters()).device
+        self.dtype = dtype or default_dtype(self.device)
+        self.model = _prepare(model, self.device, self.dtype)
+        self.config = model.config
+        self.info = info
+        self.name = name
+        self._cached: list[int] = []  # tokens whose keys/values are in row 0 of the cache
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model: str | Path = "default", device: str = "auto",
+             dtype: torch.dtype | None = None) -> Engine:
+        """Load a model by name (`default`, `gpt2`, a saved name) or path; raises ModelFileError."""
+        dev = pick_device(device)
+        path, name = resolve_model(model)
+        if path.is_dir():
+            from codeassist.model.hf_gpt2 import load_hf_gpt2
+
+            gpt = load_hf_gpt2(path)
+            return cls(gpt, dev, dtype, info=None, name=name)
+        gpt, info = load_model(path)
+        return cls(gpt, dev, dtype, info=info, name=name)
+
+    # -- the pieces (small enough to test or compile alone) -------------------------------------
+
+    def _ensure_cache(self, batch_size: int) -> None:
+        if self.model.kv_batch_size != batch_size:
+            self.model.setup_kv_cache(batch_size, self.config.block_size, dtype=self.dtype)
+            self._cached = []
+
+    def prefill(self, ids: list[int], start_pos: int) -> torch.Tensor:
+        """Run ids at positions start_pos.. through the model (row 0); logits of the last, (vocab,)."""
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)
+        pos = torch.arange(start_pos, start_pos + len(ids), device=self.device).unsqueeze(0)
+        logits: torch.Tensor = self.model(x, pos, start_pos + len(ids), last_only=True)[0, -1].float()
+        return logits
+
+    def decode_one_token(self, token: int, pos: int) -> torch.Tensor:
+        x = torch.tensor([[token]], dtype=torch.long, device=self.device)
+        p = torch.tensor([[pos]], device=self.device)
+        logits: torch.Tensor = self.model(x, p, pos + 1)[0, -1].float()
+        return logits
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def generate(self, request: GenerationRequest, cancel: threading.Event | None = None) -> GenerationResult:
+        """Batch-1 generation with prefix reuse. Thread-safe by a lock; the model is not re-entrant."""
+        with self._lock, torch.inference_mode():
+            return self._generate(request, cancel)
+
+    def _generate(self, req: GenerationRequest, cancel: threading.Event | None) -> GenerationResult:
+        t0 = time.perf_counter()
+        deadline = t0 + req.stop.time_budget_s if req.stop.time_budget_s else None
+        prompt, max_new, truncated = fit_to_context(list(req.prompt), req.stop.max_new_tokens,
+                                                    self.config.block_size)
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        self._ensure_cache(1)
+        reuse = min(_common_prefix(self._cached, prompt), len(prompt) - 1)  # refeed >= 1 for logits
+        self._cached = self._cached[:reuse]
+        logits = self.prefill(prompt[reuse:], reuse)
+        self._cached = list(prompt)
+        prefill_ms = (time.perf_counter() - t0) * 1e3
+        gen = _generator(req.seed, self.device)
+        constraint = PrefixConstraint(req.forced_prefix) if req.forced_prefix else None
+        out: list[int] = []
+        decoder = _TextDecoder()
+        reason = "max_tokens"
+        first_ms = 0.0
+        pos = len(prompt)
+        if max_new == 0:
+            reason = "context"
+        for i in range(max_new):
+            if constraint is not None and not constraint.done:
+                logits = constraint.mask(logits)
+            token = sample_next(logits, req.sampling, gen)
+            if constraint is not None:
+                constraint.advance(token)
+            if i == 0:
+                first_ms = (time.perf_counter() - t0) * 1e3
+            if req.stop.stop_on_eos and tok.is_special(token):
+                reason = "eos"
+                break
+            out.append(token)
+            text = decoder.push(token)
+            cut = _find_stop(text, req.stop.stop_strings, _forced_len(req))
+            if cut is not None:
+                reason = "stop"
+                break
+            if cancel is not None and cancel.is_set():
+                reason = "cancelled"
+                break
+            if deadline is not None and time.perf_counter() > deadline:
+                reason = "time"
+                break
+            if i == max_new - 1:
+                break
+            if pos >= self.config.block_size:
+                reason = "context"
+                break
+            logits = self.decode_one_token(token, pos)
+            self._cached.append(token)
+            pos += 1
+        text = decoder.text()
+        cut = _find_stop(text, req.stop.stop_strings, _forced_len(req))
+        if cut is not None:
+            text = text[:cut]
+        total_ms = (time.perf_counter() - t0) * 1e3
+        return GenerationResult(tokens=out, text=text, stop_reason=reason, prompt_tokens=len(prompt),
+                                reused_tokens=reuse, truncated_prompt=truncated, prefill_ms=prefill_ms,
+                                first_token_ms=first_ms, total_ms=total_ms)
+
+    def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Several prompts decoded together in one batch (no prefix reuse)."""
+        with self._lock, torch.inference_mode():
+            return self._generate_batch(requests)
+
+    def _generate_batch(self, reqs: list[GenerationRequest]) -> list[GenerationResult]:
+        t0 = time.perf_counter()
+        B = len(reqs)
+        fitted = [fit_to_context(list(r.prompt), r.stop.max_new_tokens, self.config.block_size) for r in reqs]
+        if any(not p for p, _, _ in fitted):
+            raise ValueError("a prompt is empty")
+        self._ensure_cache(B)
+        self._cached = []
+        lengths = [len(p) for p, _, _ in fitted]
+        T = max(lengths)
+        # right-pad: slots past a row's length are masked, then overwritten by its own decode steps
+        x = torch.tensor([p + [tok.EOT_ID] * (T - len(p)) for p, _, _ in fitted], device=self.device)
+        pos = torch.arange(T, device=self.device).unsqueeze(0)
+        all_logits = self.model(x, pos, T)  # (B, T, vocab)
+        logits = all_logits[torch.arange(B), torch.tensor(lengths) - 1].float()  # (B, vocab)
+        prefill_ms = (time.perf_counter() - t0) * 1e3
+        gens = [_generator(r.seed, self.device) for r in reqs]
+        outs: list[list[int]] = [[] for _ in reqs]
+        decoders = [_TextDecoder() for _ in reqs]
+        reasons = ["max_tokens"] * B
+        done = [mx == 0 for _, mx, _ in fitted]
+        constraints = [PrefixConstraint(r.forced_prefix) if r.forced_prefix else None for r in reqs]
+        cur = list(lengths)
+        step_tokens = [tok.EOT_ID] * B
+        while not all(done):
+            for b in range(B):
+                if done[b]:
+                    continue
+                row = logits[b]
+                c = constraints[b]
+                if c is not None and not c.done:
+                    row = c.mask(row)
+                token = sample_next(row, reqs[b].sampling, gens[b])
+                if c is not None:
+                    c.advance(token)
+                step_tokens[b] = token
+                if reqs[b].stop.stop_on_eos and tok.is_special(token):
+                    done[b], reasons[b] = True, "eos"
+                    continue
+                outs[b].append(token)
+                text = decoders[b].push(token)
+                if _find_stop(text, reqs[b].stop.stop_strings, _forced_len(reqs[b])) is not None:
+                    done[b], reasons[b] = True, "stop"
+                elif len(outs[b]) >= fitted[b][1]:
+                    done[b] = True
+                elif cur[b] >= self.config.block_size:
+                    done[b], reasons[b] = True, "context"
+            if all(done):
+                break
+            # finished rows still step (their output is ignored) so the batch stays rectangular
+            x = torch.tensor([[t] for t in step_tokens], device=self.device)
+            p = torch.tensor([[min(c, self.config.block_size - 1)] for c in cur], device=self.device)
+            logits = self.model(x, p, min(max(cur) + 1, self.config.block_size))[:, -1].float()
+            cur = [c + 1 for c in cur]
+        results = []
+        total_ms = (time.perf_counter() - t0) * 1e3
+        for b, r in enumerate(reqs):
+            text = decoders[b].text()
+            cut = _find_stop(text, r.stop.stop_strings, _forced_len(r))
+            results.append(GenerationResult(tokens=outs[b], text=text if cut is None else text[:cut],
+                                            stop_reason=reasons[b], prompt_tokens=lengths[b],
+                                            truncated_prompt=fitted[b][2], prefill_ms=prefill_ms,
+                                            total_ms=total_ms))
+        return results
+
+
+def _prepare(model: GPT, device: torch.device, dtype: torch.dtype) -> GPT:
+    model = model.to(device)
+    if any(p.is_floating_point() and p.dtype != dtype for p in model.parameters()):
+        model = model.to(dtype=dtype)
+    return model.eval()
+
+
+def fit_to_context(prompt: list[int], max_new: int, block_size: int) -> tuple[list[int], int, bool]:
+    """Keep the tokens nearest the cursor (the end) so prompt + max_new fits the context."""
+    max_new = max(0, min(max_new, block_size - 1))
+    room = block_size - max_new
+    if len(prompt) > room:
+        return prompt[len(prompt) - room:], max_new, True
+    return prompt, max_new, False
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _forced_len(req: GenerationRequest) -> int:
+    return len(req.forced_prefix.decode("utf-8", errors="ignore"))
+
+
+def _find_stop(text: str, stops: tuple[str, ...], skip: int) -> int | None:
+    """Index of the earliest stop string in text[skip:] (the forced prefix never stops), or None."""
+    best: int | None = None
+    for s in stops:
+        if s:
+            i = text.find(s, skip)
+            if i != -1 and (best is None or i < best):
+                best = i
+    return best
+
+
+def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    if seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+class _TextDecoder:
+    """Incremental bytes → text; an incomplete UTF-8 sequence at the end waits for its next token."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def push(self, token: int) -> str:
+        self._buf += tok.token_bytes(token)
+        return self.text()
+
+    def text(self) -> str:
+        try:
+            return self._buf.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if exc.reason == "unexpected end of data":  # a character split across tokens
+                return self._buf[:exc.start].decode("utf-8", errors="replace")
+            return self._buf.decode("utf-8", errors="replace")

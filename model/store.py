@@ -1,0 +1,72 @@
+"""Where models live, by name: `default` (inside the package), `gpt2` (downloaded once into the
+cache), a user's saved names (the user data folder), or any path."""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+
+import platformdirs
+
+from codeassist.model.checkpoint import ModelFileError
+
+DEFAULT_MODEL_FILE = "default.safetensors"
+HF_NAMES = ("gpt2",)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def data_dir() -> Path:
+    """The user data folder (override with CODEASSIST_HOME, as tests do)."""
+    return Path(os.environ.get("CODEASSIST_HOME") or platformdirs.user_data_dir("codeassist"))
+
+
+def cache_dir() -> Path:
+    home = os.environ.get("CODEASSIST_HOME")
+    return Path(home) / "cache" if home else Path(platformdirs.user_cache_dir("codeassist"))
+
+
+def models_dir() -> Path:
+    return data_dir() / "models"
+
+
+def default_model_path() -> Path:
+    return Path(str(resources.files("codeassist.model").joinpath("assets", DEFAULT_MODEL_FILE)))
+
+
+def is_valid_name(name: str) -> bool:
+    return bool(_NAME.match(name))
+
+
+def named_model_path(name: str) -> Path:
+    if not is_valid_name(name):
+        raise ValueError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-'")
+    return models_dir() / f"{name}.safetensors"
+
+
+def resolve_model(model: str | os.PathLike[str]) -> tuple[Path, str]:
+    """(path, display name). A path may be a model file or a Hugging Face GPT-2 folder."""
+    text = os.fspath(model)
+    if text == "default":
+        return default_model_path(), "default"
+    if text in HF_NAMES:
+        from codeassist.model.hf_gpt2 import ensure_downloaded
+
+        return ensure_downloaded(text), text
+    path = Path(text).expanduser()
+    if path.exists() or os.sep in text or text.endswith(".safetensors"):
+        return path, path.stem if path.is_file() else path.name
+    if is_valid_name(text):
+        named = named_model_path(text)
+        if named.exists():
+            return named, text
+    raise ModelFileError(f"no model named {text!r} (not a file, not 'default' or 'gpt2', "
+                         f"and not in {models_dir()})")
+
+
+def list_models() -> list[str]:
+    names = ["default", *HF_NAMES]
+    if models_dir().is_dir():
+        names += sorted(p.stem for p in models_dir().glob("*.safetensors"))
+    return names

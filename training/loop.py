@@ -1,0 +1,189 @@
+"""The training loop: nanoGPT-shaped, on uint16 token shards, resumable exactly.
+
+AdamW with decoupled weight decay on matrices only, linear warmup then cosine decay,
+gradient accumulation, gradient clipping, bf16 autocast on CPU and CUDA when asked,
+periodic evaluation on held-out files, and atomic checkpoints. Batch k is drawn from a
+generator seeded by (seed, k), so the data position after a resume is exact by construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from codeassist.model.checkpoint import save_model
+from codeassist.model.config import ModelConfig
+from codeassist.model.gpt import GPT
+from codeassist.training.state import TrainState, load_train_state, save_train_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 8  # sequences per micro-batch
+    seq_len: int = 1024
+    grad_accum: int = 1
+    max_iters: int = 1000  # optimizer steps; with time_budget_s, replaced by what fits the budget
+    time_budget_s: float | None = None
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_interval: int = 200
+    eval_batches: int = 8
+    ckpt_interval: int = 100
+    seed: int = 1337
+    autocast_bf16: bool = True
+    max_bad_steps: int = 5  # non-finite losses in a row before the run stops
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def lr_at(it: int, cfg: TrainConfig, max_iters: int, time_fraction: float | None = None) -> float:
+    """Warmup, then cosine decay to min_lr over the steps, or over the time budget when one is set."""
+    if it < cfg.warmup_iters:
+        return cfg.lr * (it + 1) / cfg.warmup_iters
+    if time_fraction is not None:
+        ratio = min(1.0, time_fraction)
+    else:
+        ratio = min(1.0, (it - cfg.warmup_iters) / max(1, max_iters - cfg.warmup_iters))
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+
+
+def get_batch(data: np.ndarray, batch_size: int, seq_len: int, gen: torch.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    hi = len(data) - seq_len - 1
+    if hi <= 0:
+        raise ValueError(f"the data has {len(data)} tokens, fewer than one sequence of {seq_len + 1}")
+    starts = torch.randint(hi, (batch_size,), generator=gen).tolist()
+    x = torch.from_numpy(np.stack([data[s:s + seq_len].astype(np.int64) for s in starts]))
+    y = torch.from_numpy(np.stack([data[s + 1:s + 1 + seq_len].astype(np.int64) for s in starts]))
+    return x, y
+
+
+def batch_generator(seed: int, step: int, micro: int, rank: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 64 + micro) * 1024 + rank)
+
+
+def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=False)
+
+
+@torch.no_grad()
+def evaluate(model: GPT, data: np.ndarray, cfg: TrainConfig, device: torch.device) -> float:
+    """Mean loss over a fixed set of validation windows (the same windows every time)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(cfg.seed + 7)
+    losses = []
+    seq = min(cfg.seq_len, len(data) - 2)
+    for _ in range(cfg.eval_batches):
+        x, y = get_batch(data, cfg.batch_size, seq, gen)
+        with _autocast(device, cfg.autocast_bf16):
+            losses.append(model.loss(x.to(device), y.to(device)).item())
+    model.train()
+    return float(np.mean(losses))
+
+
+def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    # autocast must be asked for on CPU explicitly; a CUDA-only flag would train fp32 on CPU silently
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: TrainConfig,
+          out_dir: Path, device: torch.device, resume: bool = False,
+          provenance: dict[str, Any] | None = None, on_progress: ProgressFn | None = None) -> TrainState:
+    """Train `model` in place; writes out_dir/state.safetensors (resume) and out_dir/model.safetensors."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.to(device).train()
+    opt = make_optimizer(model, cfg)
+    state = TrainState(max_iters=cfg.max_iters)
+    state_path = out_dir / "state.safetensors"
+    if resume and state_path.exists():
+        state = load_train_state(state_path, model, opt, cfg, model.config)
+        log.info("resumed at step %d", state.step)
+        if not cfg.time_budget_s:
+            state.max_iters = cfg.max_iters  # a resume may extend or shorten the run
+    t_start = time.monotonic() - state.elapsed_s
+    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
+    bad_steps = 0
+    while state.step < state.max_iters:
+        it = state.step
+        elapsed = time.monotonic() - t_start
+        time_fraction = elapsed / cfg.time_budget_s if cfg.time_budget_s else None
+        lr = lr_at(it, cfg, state.max_iters, time_fraction)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        t0 = time.monotonic()
+        opt.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for micro in range(cfg.grad_accum):
+            x, y = get_batch(train_data, cfg.batch_size, cfg.seq_len, batch_generator(cfg.seed, it, micro))
+            with _autocast(device, cfg.autocast_bf16):
+                loss = model.loss(x.to(device), y.to(device)) / cfg.grad_accum
+            loss.backward()  # type: ignore[no-untyped-call]
+            loss_sum += loss.item()
+        if not math.isfinite(loss_sum):
+            bad_steps += 1
+            log.warning("step %d: non-finite loss, step skipped", it)
+            if bad_steps >= cfg.max_bad_steps:
+                raise FloatingPointError(f"{bad_steps} non-finite losses in a row; the last good checkpoint "
+                                         "is kept")
+            state.step += 1
+            continue
+        bad_steps = 0
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        dt = time.monotonic() - t0
+        state.step += 1
+        state.tokens_seen += tokens_per_step
+        state.losses.append(loss_sum)
+        state.elapsed_s = time.monotonic() - t_start
+        if cfg.time_budget_s and state.elapsed_s >= cfg.time_budget_s:
+            # a time budget decays the rate by elapsed time, so a machine that slows down mid-run
+            # (an editor, a build) still ends the schedule on time
+            state.max_iters = state.step
+        last = state.step >= state.max_iters
+        if val_data is not None and (state.step % cfg.eval_interval == 0 or last):
+            state.val_losses.append((state.step, evaluate(model, val_data, cfg, device)))
+        if on_progress is not None:
+            on_progress({"step": state.step, "max_iters": state.max_iters, "loss": loss_sum, "lr": lr,
+                         "tok_s": tokens_per_step / dt, "elapsed_s": state.elapsed_s,
+                         "val_loss": state.val_losses[-1][1] if state.val_losses else None})
+        if state.step % cfg.ckpt_interval == 0 or last:
+            save_train_state(state_path, model, opt, state, cfg)
+            save_model(model, out_dir / "model.safetensors", provenance=_provenance(state, provenance))
+    return state
+
+
+def _provenance(state: TrainState, extra: dict[str, Any] | None) -> dict[str, Any]:
+    prov = dict(extra or {})
+    prov.update({"steps": state.step, "tokens_seen": state.tokens_seen,
+                 "val_loss": state.val_losses[-1][1] if state.val_losses else None,
+                 "train_loss": float(np.mean(state.losses[-20:])) if state.losses else None})
+    return prov
+
+
+def build_model(config: ModelConfig, seed: int) -> GPT:
+    model = GPT(config)
+    model.init_weights(seed)
+    return model

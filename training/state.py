@@ -1,0 +1,101 @@
+"""Training checkpoints for exact resume, in safetensors (never pickles).
+
+Tensors: `model.*` (weights), `opt.<i>.<name>` (AdamW moments and step per parameter, in
+parameter order) and `rng.torch` (the CPU generator, for dropout). Metadata: the progress
+counters, loss history, and the train and model configs a resume must match.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import safe_open
+
+from codeassist.model.checkpoint import ModelFileError, save_tensors_atomic
+from codeassist.model.config import ModelConfig
+from codeassist.model.gpt import GPT
+
+if TYPE_CHECKING:
+    from codeassist.training.loop import TrainConfig
+
+
+class ResumeError(Exception):
+    """A resume was asked for against a different config or data; str() is one sentence."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    max_iters: int = 0
+    tokens_seen: int = 0
+    elapsed_s: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    data_id: str = ""
+
+
+# fields whose change does not invalidate a resume (they only steer the remaining run)
+_RESUMABLE_CHANGES = {"max_iters", "time_budget_s", "eval_interval", "eval_batches", "ckpt_interval"}
+
+
+def save_train_state(path: Path, model: GPT, opt: torch.optim.Optimizer, state: TrainState,
+                     cfg: TrainConfig) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in model.state_dict().items():
+        if k != "lm_head.weight":
+            tensors[f"model.{k}"] = v
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        for name, value in opt.state.get(p, {}).items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"opt.{i}.{name}"] = t
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {
+        "format": "codeassist-train-state",
+        "state": json.dumps(state.__dict__),
+        "train_config": json.dumps(cfg.to_dict(), sort_keys=True),
+        "model_config": model.config.to_json(),
+    }
+    save_tensors_atomic(path, tensors, meta)
+
+
+def load_train_state(path: Path, model: GPT, opt: torch.optim.Optimizer, cfg: TrainConfig,
+                     config: ModelConfig, data_id: str = "") -> TrainState:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise ModelFileError(f"training checkpoint {path} is damaged ({str(exc)[:120]})") from None
+    if meta.get("format") != "codeassist-train-state":
+        raise ResumeError(f"{path} is not a codeassist training checkpoint")
+    if ModelConfig.from_dict(json.loads(meta["model_config"])) != config:
+        raise ResumeError("cannot resume: the checkpoint was trained with a different model shape")
+    saved_cfg: dict[str, Any] = json.loads(meta["train_config"])
+    changed = sorted(k for k, v in cfg.to_dict().items()
+                     if k not in _RESUMABLE_CHANGES and saved_cfg.get(k) != v)
+    if changed:
+        raise ResumeError(f"cannot resume: training settings differ from the checkpoint ({', '.join(changed)})")
+    raw = json.loads(meta["state"])
+    raw["val_losses"] = [tuple(x) for x in raw.get("val_losses", [])]
+    state = TrainState(**raw)
+    if data_id and state.data_id and data_id != state.data_id:
+        raise ResumeError("cannot resume: the training data changed since the checkpoint was written")
+    sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    model.load_state_dict(sd, strict=True)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            opt_state.setdefault(int(idx), {})[name] = value
+    for i, p in enumerate(params):
+        if i in opt_state:
+            opt.state[p] = {n: v.to(p.device) if n != "step" else v for n, v in opt_state[i].items()}
+    torch.set_rng_state(tensors["rng.torch"])
+    return state
