@@ -1,0 +1,42 @@
+"""Prometheus metrics of one server; each app gets its own registry (tests start several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.ttft = Histogram("codeassist_time_to_first_token_seconds",
+                              "Time from admission to the queue until the first generated token.",
+                              buckets=_LATENCY_BUCKETS, registry=r)
+        self.e2e = Histogram("codeassist_request_latency_seconds",
+                             "End-to-end generation latency of a sequence, queue wait included.",
+                             buckets=_LATENCY_BUCKETS, registry=r)
+        self.per_token = Histogram("codeassist_time_per_output_token_seconds",
+                                   "Mean time between output tokens of a sequence after the first.",
+                                   buckets=_TOKEN_BUCKETS, registry=r)
+        self.queued = Gauge("codeassist_requests_queued", "Sequences waiting for a batch slot.", registry=r)
+        self.running = Gauge("codeassist_requests_running", "Sequences in the running batch.", registry=r)
+        self.rejected = Counter("codeassist_requests_rejected_total",
+                                "Requests refused, by reason.", ["reason"], registry=r)
+        self.finished = Counter("codeassist_sequences_finished_total",
+                                "Sequences finished, by stop reason.", ["reason"], registry=r)
+        self.tokens_in = Counter("codeassist_prompt_tokens_total", "Prompt tokens prefilled.", registry=r)
+        self.tokens_out = Counter("codeassist_generated_tokens_total", "Tokens generated.", registry=r)
+        self.batch_steps = Counter("codeassist_batch_steps_total", "Decode steps of the running batch.",
+                                   registry=r)
+
+    def reject(self, reason: str) -> None:
+        self.rejected.labels(reason=reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,80 @@
+"""The team server's settings: one frozen dataclass, every limit on by default."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """A setting the server refuses to start with; str() is one sentence."""
+
+    user_facing = True
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"  # loopback: exposing the server is an explicit choice
+    port: int = 8000
+    model: str = "default"  # a name or a path, as everywhere (model/store.py)
+    device: str = "auto"
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # Bearer tokens; never logged
+    max_body_bytes: int = 1 << 20  # 1 MiB: a completion prompt is a window, never a repository
+    max_batch: int = 16  # rows of the running batch
+    max_queue: int = 64  # sequences waiting for a row; beyond this, 429
+    max_prefill_tokens: int = 2048  # padded prompt tokens prefilled between two decode steps
+    request_timeout_s: float = 30.0  # from arrival to the last token, queue wait included
+    max_tokens_limit: int = 512  # the most new tokens one request may ask for
+    max_n: int = 4  # the most choices (`n`) one OpenAI request may ask for
+    cors_origins: tuple[str, ...] = ()  # none unless configured
+    cors_credentials: bool = False
+    drain_timeout_s: float = 30.0  # SIGTERM: how long in-flight work may take to finish
+    allow_no_auth_public: bool = False  # serve a non-loopback address without API keys
+    served_name: str = ""  # the id /v1/models reports (default: the model's name)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_settings(s: ServerSettings) -> None:
+    if "*" in s.cors_origins and s.cors_credentials:
+        raise SettingsError("CORS with a wildcard origin and credentials is refused: list the origins "
+                            "that may send credentials")
+    if not is_loopback(s.host) and not s.api_keys and not s.allow_no_auth_public:
+        raise SettingsError(f"refusing to serve {s.host} without API keys: pass --api-key-file, "
+                            "or --allow-no-auth if a proxy in front authenticates")
+    if not 0 <= s.port <= 65535:
+        raise SettingsError(f"port must be between 0 and 65535, got {s.port}")
+    positives = {"max_body_bytes": s.max_body_bytes, "max_batch": s.max_batch,
+                 "max_queue": s.max_queue, "max_prefill_tokens": s.max_prefill_tokens,
+                 "max_tokens_limit": s.max_tokens_limit, "max_n": s.max_n}
+    for name, value in positives.items():
+        if value <= 0:
+            raise SettingsError(f"{name} must be positive, got {value}")
+    if s.request_timeout_s <= 0 or s.drain_timeout_s < 0:
+        raise SettingsError("request_timeout_s must be positive and drain_timeout_s not negative")
+    if any(not k or any(c.isspace() for c in k) for k in s.api_keys):
+        raise SettingsError("an API key is empty or contains whitespace")
+
+
+def read_api_keys(path: str | Path) -> tuple[str, ...]:
+    """One key a line; blank lines and lines starting with # are skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"cannot read the API key file {path}: {exc.strerror or exc}") from None
+    keys = tuple(line.strip() for line in text.splitlines()
+                 if line.strip() and not line.strip().startswith("#"))
+    if not keys:
+        raise SettingsError(f"the API key file {path} holds no key")
+    return keys
