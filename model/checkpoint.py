@@ -83,6 +83,15 @@ def _sniff(path: Path) -> None:
         raise ModelFileError(f"{path} is not a safetensors model file")
     if 8 + n > size:
         raise ModelFileError(f"model file {path} is truncated")
+    with path.open("rb") as f:
+        f.seek(8)
+        try:
+            header = json.loads(f.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            raise ModelFileError(f"{path} is not a safetensors model file") from None
+    if 8 + n + end > size:
+        raise ModelFileError(f"model file {path} is truncated")
 
 
 def read_info(path: str | os.PathLike[str]) -> ModelInfo:
