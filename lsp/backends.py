@@ -1,0 +1,282 @@
+"""The backend seam: the only module that knows whether the model runs here or on a team server.
+
+`LocalBackend` owns the in-process Engine in one worker thread (the event loop never runs the
+model), imports torch only when it starts loading, loads eagerly in the background so the first
+request does not pay for it, and stops a generation within one decode step when its request is
+cancelled. `RemoteBackend` asks a team server through `codeassist.remote.client`. `FakeBackend`
+is deterministic, for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from codeassist.lsp.prompt import Prompt
+from codeassist.lsp.settings import RemoteConfig
+
+if TYPE_CHECKING:
+    from codeassist.model.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    prompt: Prompt
+    max_tokens: int
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()  # decided while decoding; never matched inside prompt.forced
+    time_budget_s: float | None = None
+    reuse_prefix: bool = True
+
+
+@dataclass(frozen=True)
+class BackendResult:
+    text: str  # what follows the cursor (the healed text already removed)
+    stop_reason: str  # eos | stop | max_tokens | time | cancelled | context | unavailable | error
+    reason: str | None = None  # one sentence when the result is empty for a reason of the backend's
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    backend: str
+    model: str
+    device: str
+    ready: bool
+    reason: str | None = None  # why it is not ready
+    context_tokens: int | None = None  # prompt + output must fit this
+
+
+class Backend(Protocol):
+    def start(self) -> None:
+        """Begin loading or connecting in the background; returns at once."""
+
+    def status(self) -> BackendStatus: ...
+
+    async def complete(self, request: CompletionRequest) -> BackendResult:
+        """Cancelling the awaiting task stops the work (within one decode step locally)."""
+
+    async def aclose(self) -> None: ...
+
+
+def strip_forced(text: str, forced: str) -> str:
+    """The text after the healed part; empty when the model did not spell it out."""
+    return text[len(forced):] if text.startswith(forced) else ""
+
+
+class LocalBackend:
+    def __init__(self, model: str = "default", device: str = "auto", threads: int | None = None) -> None:
+        self.model = model
+        self.device = device
+        self.threads = threads
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codeassist-engine")
+        self._engine: Engine | None = None
+        self._error: str | None = None
+        self._loading = False
+        self._loaded = threading.Event()
+
+    def start(self) -> None:
+        if not self._loading and self._engine is None and self._error is None:
+            self._loading = True
+            self._executor.submit(self._load)
+
+    def _load(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            import torch
+
+            from codeassist.model.engine import Engine
+
+            # The editor shares this machine: use only half the cores (notes: two-thread decoding
+            # collapses 2-4x when the other core is busy; one thread loses nothing).
+            torch.set_num_threads(self.threads or max(1, (os.cpu_count() or 2) // 2))
+            engine = Engine.load(self.model, device=self.device)
+            _warm_up(engine)
+            self._engine = engine
+            log.info("model %s loaded in %.2f s", self._engine.name, time.perf_counter() - t0)
+        except Exception as exc:
+            self._error = _one_sentence(exc)
+            log.error("the model could not be loaded: %s", self._error)
+        finally:
+            self._loading = False
+            self._loaded.set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        self._loaded.wait(timeout)
+        return self._engine is not None
+
+    def status(self) -> BackendStatus:
+        engine = self._engine
+        if engine is None:
+            reason = self._error or "the model is still loading"
+            return BackendStatus("local", self.model, self.device, False, reason)
+        return BackendStatus("local", engine.name, engine.device.type, True,
+                             context_tokens=engine.config.block_size)
+
+    async def complete(self, request: CompletionRequest) -> BackendResult:
+        engine = self._engine
+        if engine is None:
+            self.start()
+            return BackendResult("", "unavailable", self.status().reason)
+        cancel = threading.Event()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self._generate, engine, request, cancel)
+        except asyncio.CancelledError:
+            cancel.set()  # the worker stops after the current decode step
+            raise
+
+    @staticmethod
+    def _generate(engine: Engine, request: CompletionRequest, cancel: threading.Event) -> BackendResult:
+        from codeassist.model.engine import GenerationRequest, StopRules
+        from codeassist.model.sampling import SamplingParams
+
+        if cancel.is_set():
+            return BackendResult("", "cancelled")
+        if not request.reuse_prefix:
+            engine._cached = []  # benchmarks only: forget the KV prefix (no public reset yet)
+        prompt = request.prompt
+        req = GenerationRequest(
+            prompt=prompt.ids, forced_prefix=prompt.forced.encode("utf-8"),
+            sampling=SamplingParams(temperature=request.temperature),
+            stop=StopRules(max_new_tokens=request.max_tokens, stop_strings=request.stop,
+                           time_budget_s=request.time_budget_s))
+        result = engine.generate(req, cancel)
+        return BackendResult(strip_forced(result.text, prompt.forced), result.stop_reason,
+                             prompt_tokens=result.prompt_tokens, reused_tokens=result.reused_tokens,
+                             ms=result.total_ms)
+
+    async def aclose(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class FakeBackend:
+    """Deterministic: answers `respond(request)` after `steps` pauses of `step_s` each.
+
+    The pauses stand for decode steps: cancellation is checked between them, as the engine does,
+    and `steps_run` records how many ran, so tests can see that a cancel stops the work.
+    """
+
+    def __init__(self, respond: Callable[[CompletionRequest], str] | None = None, steps: int = 1,
+                 step_s: float = 0.0, ready: bool = True, reason: str | None = None) -> None:
+        self.respond = respond or (lambda request: "fake_completion()")
+        self.steps = steps
+        self.step_s = step_s
+        self.ready = ready
+        self.reason = reason
+        self.requests: list[CompletionRequest] = []
+        self.steps_run = 0
+        self.cancelled = 0
+
+    def start(self) -> None:
+        pass
+
+    def status(self) -> BackendStatus:
+        return BackendStatus("fake", "fake", "cpu", self.ready, None if self.ready else self.reason,
+                             context_tokens=1024)
+
+    async def complete(self, request: CompletionRequest) -> BackendResult:
+        if not self.ready:
+            return BackendResult("", "unavailable", self.reason)
+        self.requests.append(request)
+        t0 = time.perf_counter()
+        try:
+            for _ in range(self.steps):
+                await asyncio.sleep(self.step_s)
+                self.steps_run += 1
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        text = self.respond(request)
+        return BackendResult(text, "stop", prompt_tokens=len(request.prompt.ids),
+                             ms=(time.perf_counter() - t0) * 1e3)
+
+    async def aclose(self) -> None:
+        pass
+
+
+class RemoteBackend:
+    """A team server (our API, OpenAI-compatible, or llama.cpp) through RemoteClient."""
+
+    def __init__(self, config: RemoteConfig) -> None:
+        self.config = config
+        self._client: Any = None
+        self._last_error: str | None = None
+
+    def start(self) -> None:
+        pass  # connections open on the first request
+
+    def status(self) -> BackendStatus:
+        if not self.config.url:
+            return BackendStatus("remote", self.config.model or "", "remote", False,
+                                 "codeassist.remote.url is not set")
+        return BackendStatus("remote", self.config.model or self.config.url, "remote", True,
+                             self._last_error)
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            from codeassist.remote.client import RemoteClient, RemoteSettings
+
+            c = self.config
+            self._client = RemoteClient(RemoteSettings(url=c.url, api=c.api, api_key=c.api_key,
+                                                       model=c.model, timeout_ms=c.timeout_ms))
+        return self._client
+
+    async def complete(self, request: CompletionRequest) -> BackendResult:
+        if not self.config.url:
+            return BackendResult("", "unavailable", "codeassist.remote.url is not set")
+        from codeassist.remote.client import RemoteError
+
+        t0 = time.perf_counter()
+        prompt = request.prompt
+        try:
+            text = await self._get_client().complete(
+                prompt.prefix, prompt.suffix, max_tokens=request.max_tokens,
+                temperature=request.temperature, stop=list(request.stop))
+        except RemoteError as exc:
+            self._last_error = str(exc)
+            return BackendResult("", "error", str(exc), ms=(time.perf_counter() - t0) * 1e3)
+        self._last_error = None
+        return BackendResult(str(text), "stop", ms=(time.perf_counter() - t0) * 1e3)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+def _warm_up(engine: Engine) -> None:
+    """One tiny healed generation: builds the healing index and warms the kernels, so the
+    user's first request costs what every later one does."""
+    from codeassist.model import tokenizer as tok
+    from codeassist.model.engine import GenerationRequest, StopRules
+
+    ids = tok.encode("def main():\n    ")
+    engine.generate(GenerationRequest(prompt=(tok.EOT_ID, *ids[:-1]), forced_prefix=tok.token_bytes(ids[-1]),
+                                      stop=StopRules(max_new_tokens=2)))
+
+
+def make_backend(kind: str, model: str, device: str, remote: RemoteConfig) -> Backend:
+    if kind == "remote":
+        return RemoteBackend(remote)
+    if kind == "fake":
+        return FakeBackend()
+    return LocalBackend(model, device)
+
+
+def _one_sentence(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if getattr(exc, "user_facing", False) or type(exc).__name__ in ("ModelFileError", "TokenizerError"):
+        return text
+    return f"the model could not be loaded ({type(exc).__name__}: {text[:200]})"

@@ -1,0 +1,126 @@
+"""The completion pipeline: context → cache → mode → prompt → backend → post-processing.
+
+Plain dataclasses in and out; no LSP types. The newest request for a document supersedes the
+one before it: its task is cancelled, which stops the backend's work within one decode step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from codeassist.lsp.backends import Backend, CompletionRequest
+from codeassist.lsp.cache import CompletionCache
+from codeassist.lsp.context import CompletionContext, Mode, completion_mode
+from codeassist.lsp.postprocess import postprocess
+from codeassist.lsp.prompt import build_prompt
+from codeassist.lsp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT_TOKENS = 2048  # when a backend does not say (remote)
+_PY_BLOCK_STOPS = ("\n\n\n", "\ndef ", "\nclass ", "\nif __name__", "\n@")
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str  # to insert at the cursor; empty means no suggestion
+    mode: Mode
+    reason: str | None = None  # why the text is empty
+    from_cache: bool = False
+    latency_ms: float = 0.0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+
+
+class LatencyWindow:
+    def __init__(self, size: int = 200) -> None:
+        self._ms: deque[float] = deque(maxlen=size)
+
+    def add(self, ms: float) -> None:
+        self._ms.append(ms)
+
+    def percentile(self, q: float) -> float | None:
+        if not self._ms:
+            return None
+        data = sorted(self._ms)
+        return data[min(len(data) - 1, int(q * len(data)))]
+
+
+class Pipeline:
+    def __init__(self, backend: Backend, settings: Settings) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.cache = CompletionCache()
+        self.latency = LatencyWindow()
+        self.last_reason: str | None = None
+        self._inflight: dict[str, asyncio.Task[Any]] = {}
+
+    async def complete(self, ctx: CompletionContext) -> Completion:
+        """Run for the current task; a newer call for the same document cancels this one."""
+        me = asyncio.current_task()
+        old = self._inflight.get(ctx.uri)
+        if old is not None and old is not me and not old.done():
+            old.cancel()
+        if me is not None:
+            self._inflight[ctx.uri] = me
+        try:
+            result = await self._complete(ctx)
+        finally:
+            if self._inflight.get(ctx.uri) is me:
+                del self._inflight[ctx.uri]
+        self.latency.add(result.latency_ms)
+        self.last_reason = result.reason
+        return result
+
+    async def _complete(self, ctx: CompletionContext) -> Completion:
+        t0 = time.perf_counter()
+        s = self.settings
+        mode = completion_mode(ctx, s.multiline)
+        if mode is Mode.NONE:
+            return Completion("", mode, "the cursor is inside a word", latency_ms=_ms(t0))
+        if s.cache:
+            hit = self.cache.lookup(ctx)
+            if hit is not None:
+                return Completion(hit, mode, from_cache=True, latency_ms=_ms(t0))
+        if s.debounce_ms:
+            await asyncio.sleep(s.debounce_ms / 1000)
+        status = self.backend.status()
+        if not status.ready:
+            return Completion("", mode, status.reason or "the backend is not ready", latency_ms=_ms(t0))
+        max_tokens = s.max_tokens
+        context_tokens = status.context_tokens or DEFAULT_CONTEXT_TOKENS
+        prompt = build_prompt(ctx, min(s.max_prompt_tokens, context_tokens - max_tokens))
+        request = CompletionRequest(prompt=prompt, max_tokens=max_tokens, temperature=s.temperature,
+                                    stop=stop_strings(ctx, mode), time_budget_s=s.time_budget_ms / 1000,
+                                    reuse_prefix=s.prefix_reuse)
+        t1 = time.perf_counter()
+        result = await self.backend.complete(request)
+        log.debug("prompt %.1f ms, backend %.1f ms (engine %.1f ms, %d tokens, %d reused)", (t1 - t0) * 1e3,
+                  _ms(t1), result.ms, result.prompt_tokens, result.reused_tokens)
+        text, dropped_by = postprocess(result.text, ctx, mode)
+        reason = None
+        if not text:
+            reason = result.reason or (f"the suggestion was dropped by {dropped_by}" if dropped_by
+                                       else "the model suggested nothing")
+        elif s.cache:
+            self.cache.store(ctx, text)
+        return Completion(text, mode, reason, latency_ms=_ms(t0), prompt_tokens=result.prompt_tokens,
+                          reused_tokens=result.reused_tokens)
+
+
+def stop_strings(ctx: CompletionContext, mode: Mode) -> tuple[str, ...]:
+    """Stops decided while decoding: the newline in LINE mode, a new top-level unit in BLOCK."""
+    if mode is Mode.LINE:
+        return ("\n",)
+    stops: tuple[str, ...] = _PY_BLOCK_STOPS if ctx.language == "python" else ("\n\n\n",)
+    nxt = next((ln.strip() for ln in ctx.suffix.split("\n")[1:] if ln.strip()), "")
+    return (*stops, nxt) if len(nxt) >= 8 else stops  # the model has reached the code below
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1e3

@@ -1,0 +1,110 @@
+"""The token-budgeted FIM prompt, in exactly the layout the model was trained on.
+
+Layout: `build_fim_ids` in SPM order (<suf> suffix <pre> prefix <mid>), or plain left-to-right
+(<eot> prefix) at the end of a file, the two forms the default model saw in training. Typing
+changes only the end of the prefix, so the engine re-uses the KV cache of everything before it.
+
+Token healing: the cursor usually sits after indentation, a space or half a word, a partial
+token the model never saw at the end of a prompt. The prompt is backed off to the last whole
+token; the removed text becomes `forced`, which the output must begin with, and the caller
+returns only what follows it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from codeassist.lsp.context import CompletionContext
+from codeassist.lsp.snippets import format_snippet
+from codeassist.model import tokenizer as tok
+
+SUFFIX_TOKENS = 256  # "a few hundred": the model was trained on ~3,000-character chunks
+CUT_QUANTUM = 256  # the prefix is cut only at absolute offsets rounded to this (stable cache)
+MAX_HEAL_TOKENS = 3
+SNIPPET_MIN_ROOM = 48
+
+
+@dataclass(frozen=True)
+class Prompt:
+    ids: tuple[int, ...]
+    forced: str  # healed text: the output must begin with it; it is not shown to the user
+    prefix: str  # the prefix text the ids cover (before healing), for text-based backends
+    suffix: str  # the suffix text the ids cover
+    fim: bool
+
+
+def build_prompt(ctx: CompletionContext, max_prompt_tokens: int, heal: bool = True) -> Prompt:
+    budget = max(8, max_prompt_tokens)
+    fim = bool(ctx.suffix.strip())
+    suffix_ids: list[int] = []
+    suffix = ""
+    if fim:
+        suffix_ids = tok.encode(ctx.suffix)[:min(SUFFIX_TOKENS, budget // 4)]
+        suffix = tok.decode(suffix_ids)
+    room = budget - len(suffix_ids) - 3
+    prefix = ctx.prefix[_stable_cut(ctx, room):]
+    prefix_ids = tok.encode(prefix)
+    if len(prefix_ids) > room:  # one enormous line: keep the tokens nearest the cursor
+        prefix_ids = prefix_ids[len(prefix_ids) - room:]
+        prefix = tok.decode(prefix_ids)
+    forced = ""
+    if heal:
+        prefix_ids, forced = heal_prefix(prefix_ids)
+    snippet_ids = _snippet_ids(ctx, room - len(prefix_ids))
+    body = snippet_ids + prefix_ids
+    if fim:
+        ids = tok.build_fim_ids(body, suffix_ids)
+    else:
+        ids = [tok.EOT_ID, *body]
+    return Prompt(ids=tuple(ids), forced=forced, prefix=prefix, suffix=suffix, fim=fim)
+
+
+def heal_prefix(ids: list[int]) -> tuple[list[int], str]:
+    """Remove the last token (more if needed for whole UTF-8 characters); (ids, removed text)."""
+    removed = b""
+    n = 0
+    while ids[:len(ids) - n] and n < MAX_HEAL_TOKENS:
+        n += 1
+        removed = tok.token_bytes(ids[-n]) + removed
+        try:
+            text = removed.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return ids[:len(ids) - n], text
+    return ids, ""
+
+
+def _stable_cut(ctx: CompletionContext, room: int) -> int:
+    """Index into ctx.prefix where the prompt starts: a line start after an absolute offset that
+    is a multiple of CUT_QUANTUM, the earliest whose estimated token count fits `room`."""
+    prefix = ctx.prefix
+    ids = tok.encode(prefix)
+    if len(ids) <= room:
+        return 0
+    starts: list[int] = []  # byte offset of each token's start
+    pos = 0
+    for t in ids:
+        starts.append(pos)
+        pos += len(tok.token_bytes(t))
+    ascii_only = prefix.isascii()
+    first = -ctx.prefix_offset % CUT_QUANTUM
+    for c in range(first, len(prefix), CUT_QUANTUM):
+        nl = prefix.find("\n", c)
+        cut = nl + 1 if nl >= 0 else c
+        b = cut if ascii_only else len(prefix[:cut].encode("utf-8"))
+        if len(ids) - bisect.bisect_left(starts, b) <= room - 4:  # small margin: estimates can differ
+            return cut
+    return max(0, prefix.rfind("\n") + 1)
+
+
+def _snippet_ids(ctx: CompletionContext, room: int) -> list[int]:
+    if room < SNIPPET_MIN_ROOM or not ctx.snippets:
+        return []
+    out: list[int] = []
+    for s in ctx.snippets:
+        ids = tok.encode(format_snippet(s, ctx.language))
+        if len(out) + len(ids) > room:
+            break
+        out.extend(ids)
+    return out
