@@ -8,9 +8,12 @@ generator seeded by (seed, k), so the data position after a resume is exact by c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,10 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from codeassist.model.checkpoint import save_model
 from codeassist.model.config import ModelConfig
 from codeassist.model.gpt import GPT
+from codeassist.training.ddp import DistEnv, all_reduce_sum
 from codeassist.training.state import TrainState, load_train_state, save_train_state
 
 log = logging.getLogger(__name__)
@@ -109,45 +114,81 @@ def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
+class NonFiniteLossError(FloatingPointError):
+    """Several non-finite losses in a row; str() is one sentence for the user."""
+
+    user_facing = True
+
+
+def _micro_loss(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    # the same arithmetic as GPT.loss, called through the (possibly DDP-wrapped) module's forward
+    logits = module(x)
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1)
+
+
 def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: TrainConfig,
           out_dir: Path, device: torch.device, resume: bool = False,
-          provenance: dict[str, Any] | None = None, on_progress: ProgressFn | None = None) -> TrainState:
-    """Train `model` in place; writes out_dir/state.safetensors (resume) and out_dir/model.safetensors."""
+          provenance: dict[str, Any] | None = None, on_progress: ProgressFn | None = None,
+          data_id: str = "", dist: DistEnv | None = None, keep_checkpoints: int = 1) -> TrainState:
+    """Train `model` in place; writes out_dir/state.safetensors (resume) and out_dir/model.safetensors.
+
+    Under torchrun (`dist` with several ranks) each optimizer step's `cfg.grad_accum` micro-batches
+    are split over the ranks by a global index, and DDP averages the gradients: the same config
+    gives the same run on any number of processes. Only rank 0 evaluates, reports and saves.
+    `data_id` is stored in the checkpoint; a resume against other data is refused. The last
+    `keep_checkpoints` training checkpoints are kept in out_dir/checkpoints as well.
+    """
+    dist = dist or DistEnv(device=device)
+    if cfg.grad_accum % dist.world_size:
+        raise ValueError(f"the {cfg.grad_accum} micro-batches of a step do not split evenly over "
+                         f"{dist.world_size} processes")
+    local_accum = cfg.grad_accum // dist.world_size
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to(device).train()
     opt = make_optimizer(model, cfg)
-    state = TrainState(max_iters=cfg.max_iters)
+    state = TrainState(max_iters=cfg.max_iters, data_id=data_id)
     state_path = out_dir / "state.safetensors"
     if resume and state_path.exists():
-        state = load_train_state(state_path, model, opt, cfg, model.config)
+        state = load_train_state(state_path, model, opt, cfg, model.config, data_id=data_id)
         log.info("resumed at step %d", state.step)
         if not cfg.time_budget_s:
             state.max_iters = cfg.max_iters  # a resume may extend or shorten the run
+    module: torch.nn.Module = model
+    if dist.is_distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     t_start = time.monotonic() - state.elapsed_s
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
     bad_steps = 0
     while state.step < state.max_iters:
         it = state.step
-        elapsed = time.monotonic() - t_start
-        time_fraction = elapsed / cfg.time_budget_s if cfg.time_budget_s else None
+        # the elapsed time of the last step end, the same number on every rank
+        time_fraction = state.elapsed_s / cfg.time_budget_s if cfg.time_budget_s else None
         lr = lr_at(it, cfg, state.max_iters, time_fraction)
         for group in opt.param_groups:
             group["lr"] = lr
         t0 = time.monotonic()
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
-        for micro in range(cfg.grad_accum):
-            x, y = get_batch(train_data, cfg.batch_size, cfg.seq_len, batch_generator(cfg.seed, it, micro))
-            with _autocast(device, cfg.autocast_bf16):
-                loss = model.loss(x.to(device), y.to(device)) / cfg.grad_accum
-            loss.backward()  # type: ignore[no-untyped-call]
-            loss_sum += loss.item()
+        for micro in range(local_accum):
+            g = dist.rank * local_accum + micro  # global micro-batch index: rank-count independent
+            x, y = get_batch(train_data, cfg.batch_size, cfg.seq_len, batch_generator(cfg.seed, it, g))
+            sync = micro == local_accum - 1 or not dist.is_distributed
+            ctx = contextlib.nullcontext() if sync else module.no_sync()  # type: ignore[operator]
+            with ctx:
+                with _autocast(device, cfg.autocast_bf16):
+                    raw = _micro_loss(module, x.to(device), y.to(device))
+                (raw / local_accum).backward()  # type: ignore[no-untyped-call]
+            loss_sum += (raw / cfg.grad_accum).item()
+        loss_sum, elapsed = dist_sum(dist, [loss_sum, time.monotonic() - t_start])
+        elapsed /= dist.world_size
         if not math.isfinite(loss_sum):
             bad_steps += 1
             log.warning("step %d: non-finite loss, step skipped", it)
             if bad_steps >= cfg.max_bad_steps:
-                raise FloatingPointError(f"{bad_steps} non-finite losses in a row; the last good checkpoint "
-                                         "is kept")
+                raise NonFiniteLossError(f"training stopped: {bad_steps} non-finite losses in a row; the last "
+                                         "good checkpoint is kept")
             state.step += 1
             continue
         bad_steps = 0
@@ -157,12 +198,14 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
         state.step += 1
         state.tokens_seen += tokens_per_step
         state.losses.append(loss_sum)
-        state.elapsed_s = time.monotonic() - t_start
+        state.elapsed_s = elapsed
         if cfg.time_budget_s and state.elapsed_s >= cfg.time_budget_s:
             # a time budget decays the rate by elapsed time, so a machine that slows down mid-run
             # (an editor, a build) still ends the schedule on time
             state.max_iters = state.step
         last = state.step >= state.max_iters
+        if not dist.is_main:
+            continue
         if val_data is not None and (state.step % cfg.eval_interval == 0 or last):
             state.val_losses.append((state.step, evaluate(model, val_data, cfg, device)))
         if on_progress is not None:
@@ -171,8 +214,29 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
                          "val_loss": state.val_losses[-1][1] if state.val_losses else None})
         if state.step % cfg.ckpt_interval == 0 or last:
             save_train_state(state_path, model, opt, state, cfg)
+            keep_last_checkpoints(state_path, state.step, keep_checkpoints)
             save_model(model, out_dir / "model.safetensors", provenance=_provenance(state, provenance))
     return state
+
+
+def dist_sum(dist: DistEnv, values: list[float]) -> list[float]:
+    return all_reduce_sum(dist, values) if dist.is_distributed else values
+
+
+def keep_last_checkpoints(state_path: Path, step: int, keep: int) -> None:
+    """Keep the newest `keep` checkpoints in state_path.parent/checkpoints (hard links: no copies)."""
+    if keep <= 1:
+        return
+    folder = state_path.parent / "checkpoints"
+    folder.mkdir(exist_ok=True)
+    target = folder / f"state-{step:08d}.safetensors"
+    target.unlink(missing_ok=True)
+    try:
+        os.link(state_path, target)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(state_path, target)
+    for old in sorted(folder.glob("state-*.safetensors"))[:-keep]:
+        old.unlink(missing_ok=True)
 
 
 def _provenance(state: TrainState, extra: dict[str, Any] | None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -44,15 +45,19 @@ def write_split(docs: Sequence[Document], out_dir: Path, split: str, seed: int =
     sha = hashlib.sha256()
     n_tokens = 0
     jobs = [(d.path, d.text, seed, fim_rate) for d in docs]
+    from tqdm import tqdm  # a progress bar on stderr
+
+    bar = tqdm(total=len(jobs), desc=f"tokenize {split}", unit="file", disable=not progress, file=sys.stderr)
     with open(tmp, "wb") as f, ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        for i, ids in enumerate(pool.map(_document_ids, jobs, chunksize=8)):
+        for ids in pool.map(_document_ids, jobs, chunksize=8):
             arr = np.asarray(ids, dtype=np.uint16)
             assert VOCAB_SIZE <= 65536
             f.write(arr.tobytes())
             sha.update(arr.tobytes())
             n_tokens += len(arr)
-            if progress and (i + 1) % 200 == 0:
-                print(f"  {split}: {i + 1}/{len(jobs)} files, {n_tokens:,} tokens", flush=True)
+            bar.update(1)
+            bar.set_postfix_str(f"{n_tokens:,} tokens", refresh=False)
+        bar.close()
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

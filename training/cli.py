@@ -1,0 +1,97 @@
+"""`codeassist train PATH... [--init-from default|scratch|PATH] [--time-budget 30m] [--max-iters N]
+[--resume] [--out NAME] [--yes]`: fine-tune on your own repositories.
+
+Runs as one process, or under torchrun as DDP:
+    torchrun --nproc_per_node=2 -m codeassist.cli.main train ~/projects --yes
+Only argparse is imported at the top; the work is in training/finetune.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+
+
+def parse_duration(text: str) -> float:
+    """'30m', '1h30m', '90s' or '90' (seconds) -> seconds."""
+    m = _DURATION.match(text.strip().lower())
+    if not text.strip() or m is None or not any(m.groups()):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use e.g. 30m, 1h30m or 90s")
+    h, mins, s = (float(g) if g else 0.0 for g in m.groups())
+    seconds = h * 3600 + mins * 60 + s
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("the time budget must be positive")
+    return seconds
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="*", metavar="PATH", help="repositories or folders of them")
+    p.add_argument("--init-from", default="default", metavar="default|scratch|PATH",
+                   help="start from the embedded model (default), random weights, or a model name/file")
+    p.add_argument("--time-budget", type=parse_duration, default=None, metavar="30m",
+                   help="train for this long (the learning rate schedule fits it); default 30m")
+    p.add_argument("--max-iters", type=_positive, default=None, metavar="N", help="optimizer steps")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run of --out NAME")
+    p.add_argument("--out", default="mine", metavar="NAME", help="the model's name (default: mine)")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--rollback", action="store_true", help="swap --out NAME back to its previous model")
+    p.add_argument("--languages", default="", metavar="python,go",
+                   help="only these languages (default: every one found, Python first)")
+    adv = p.add_argument_group("advanced")
+    adv.add_argument("--preset", default="default", help="model shape for --init-from scratch")
+    adv.add_argument("--batch-size", type=_positive, default=8, help="sequences per step, all processes")
+    adv.add_argument("--micro-batch", type=_positive, default=4, help="sequences per forward pass")
+    adv.add_argument("--seq-len", type=_positive, default=512)
+    adv.add_argument("--lr", type=float, default=None, help="peak learning rate (3e-4 fine-tuning)")
+    adv.add_argument("--no-bf16", action="store_true", help="train in fp32")
+    adv.add_argument("--eval-interval", type=_positive, default=100)
+    adv.add_argument("--ckpt-interval", type=_positive, default=50)
+    adv.add_argument("--keep-checkpoints", type=_positive, default=3)
+    adv.add_argument("--gate-lines", type=int, default=100, help="held-out lines the gate completes")
+    adv.add_argument("--seed", type=int, default=0)
+    adv.add_argument("--workers", type=_positive, default=2, help="processes for collecting and tokenizing")
+    adv.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    adv.add_argument("--threads", type=_positive, default=None, help="torch threads per process")
+    adv.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from codeassist.cli.errors import UserError
+    from codeassist.training import finetune
+
+    if args.rollback:
+        print(finetune.rollback(args.out))
+        return 0
+    if not args.paths:
+        raise UserError("give at least one repository or folder to train on")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    time_budget = args.time_budget
+    if time_budget is None and args.max_iters is None:
+        time_budget = 30 * 60.0
+    opts = finetune.FinetuneOptions(
+        paths=tuple(args.paths), out=args.out, init_from=args.init_from, preset=args.preset,
+        time_budget_s=time_budget, max_iters=args.max_iters, resume=args.resume, yes=args.yes,
+        languages=tuple(x.strip() for x in args.languages.split(",") if x.strip()),
+        batch_size=args.batch_size, micro_batch=args.micro_batch, seq_len=args.seq_len, lr=args.lr,
+        bf16=not args.no_bf16, eval_interval=args.eval_interval, ckpt_interval=args.ckpt_interval,
+        keep_checkpoints=args.keep_checkpoints, gate_lines=args.gate_lines, seed=args.seed,
+        workers=args.workers, device=args.device, progress=not args.no_progress)
+    try:
+        return finetune.run_finetune(opts)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None

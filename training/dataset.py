@@ -1,0 +1,112 @@
+"""Tokenize collected files into uint16 shards: train (with FIM) and held-out validation files.
+
+The split is by a hash of each file's path, so it is stable across runs and independent of file
+order; at least one file is held out when there are two or more. Validation is tokenized without
+FIM (its loss is plain left-to-right perplexity) and its cleaned texts are kept in
+`val_files.jsonl` for the gate's line-completion test. The manifest holds each shard's sha256
+and a `data_id` that a resume checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from codeassist.model.tokenizer import TOKENIZER_NAME
+from codeassist.training.collect import SourceFile
+from codeassist.training.fim import FIM_RATE
+from codeassist.training.shards import Document, is_validation, read_manifest, write_manifest, write_split
+
+VAL_FRACTION = 0.1
+VAL_FILES = "val_files.jsonl"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    folder: Path
+    data_id: str
+    train_tokens: int
+    val_tokens: int
+    train_files: int
+    val_files: int
+
+
+def _path_hash(path: str) -> int:
+    return int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "big")
+
+
+def split_files(files: Sequence[SourceFile], val_fraction: float = VAL_FRACTION
+                ) -> tuple[list[SourceFile], list[SourceFile]]:
+    train = [f for f in files if not is_validation(f.path, val_fraction)]
+    val = [f for f in files if is_validation(f.path, val_fraction)]
+    if not val and len(train) >= 2:  # tiny projects: hold out the file with the smallest hash
+        pick = min(train, key=lambda f: _path_hash(f.path))
+        train.remove(pick)
+        val = [pick]
+    if not train and len(val) >= 2:
+        pick = max(val, key=lambda f: _path_hash(f.path))
+        val.remove(pick)
+        train = [pick]
+    return train, val
+
+
+def _docs(files: Sequence[SourceFile]) -> list[Document]:
+    return [Document(path=f.path, text=f.text) for f in files]
+
+
+def _int(value: object) -> int:
+    return int(value)  # type: ignore[call-overload]
+
+
+def compute_data_id(entries: dict[str, dict[str, object]], seed: int, fim_rate: float) -> str:
+    key = json.dumps({"splits": {k: v["sha256"] for k, v in sorted(entries.items())}, "seed": seed,
+                      "fim_rate": fim_rate, "tokenizer": TOKENIZER_NAME}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def build_dataset(files: Sequence[SourceFile], out_dir: Path, seed: int = 0,
+                  val_fraction: float = VAL_FRACTION, fim_rate: float = FIM_RATE, workers: int = 2,
+                  progress: bool = False, source: str = "") -> Dataset:
+    """Write out_dir/{train,val}.bin, val_files.jsonl and manifest.json; deterministic in `files`."""
+    train, val = split_files(files, val_fraction)
+    if not train:
+        raise ValueError("no source files to train on")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = {
+        "train": write_split(_docs(train), out_dir, "train", seed=seed, fim_rate=fim_rate,
+                             workers=workers, progress=progress),
+        "val": write_split(_docs(val), out_dir, "val", seed=seed, fim_rate=0.0, workers=workers,
+                           progress=progress),
+    }
+    tmp = out_dir / (VAL_FILES + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for f in val:
+            fh.write(json.dumps({"path": f.path, "language": f.language, "text": f.text}) + "\n")
+    os.replace(tmp, out_dir / VAL_FILES)
+    data_id = compute_data_id(entries, seed, fim_rate)
+    languages = sorted({f.language for f in files})
+    write_manifest(out_dir, entries, {"data_id": data_id, "seed": seed, "fim_rate": fim_rate,
+                                      "val_fraction": val_fraction, "tokenizer": TOKENIZER_NAME,
+                                      "languages": languages, "source": source})
+    return Dataset(folder=out_dir, data_id=data_id, train_tokens=_int(entries["train"]["tokens"]),
+                   val_tokens=_int(entries["val"]["tokens"]), train_files=len(train), val_files=len(val))
+
+
+def read_dataset(out_dir: Path) -> Dataset:
+    m = read_manifest(out_dir)
+    splits: dict[str, dict[str, object]] = m["splits"]  # type: ignore[assignment]
+    return Dataset(folder=out_dir, data_id=str(m["data_id"]), train_tokens=_int(splits["train"]["tokens"]),
+                   val_tokens=_int(splits["val"]["tokens"]), train_files=_int(splits["train"]["documents"]),
+                   val_files=_int(splits["val"]["documents"]))
+
+
+def read_val_files(out_dir: Path) -> list[SourceFile]:
+    path = out_dir / VAL_FILES
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [SourceFile(**json.loads(line)) for line in fh if line.strip()]

@@ -1,0 +1,245 @@
+"""`codeassist train PATH...`: collect, tokenize, train (one process or torchrun DDP), gate, install.
+
+Everything of one run lives in <data dir>/runs/<name>/: data/ (shards, manifest), the training
+checkpoint (state.safetensors, the last few in checkpoints/), the candidate model and its loss
+curve. The user's model is <data dir>/models/<name>.safetensors; the one it replaces is kept as
+<name>.previous.safetensors, and `--rollback` swaps them back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from codeassist.model.checkpoint import ModelFileError, load_model
+from codeassist.model.config import get_preset
+from codeassist.model.gpt import GPT
+from codeassist.model.store import data_dir, named_model_path, resolve_model
+from codeassist.training import ddp
+from codeassist.training.collect import collect, format_report
+from codeassist.training.dataset import build_dataset, read_dataset, read_val_files
+from codeassist.training.loop import TrainConfig, build_model, train
+from codeassist.training.plot import save_loss_curve
+from codeassist.training.shards import load_split
+
+log = logging.getLogger(__name__)
+
+
+class TrainError(Exception):
+    """Bad input or state for a training run; str() is one sentence for the user."""
+
+    user_facing = True
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    paths: tuple[str, ...]
+    out: str = "mine"
+    init_from: str = "default"  # default | scratch | a model name or path
+    preset: str = "default"  # the shape of a model trained from scratch
+    time_budget_s: float | None = None
+    max_iters: int | None = None
+    resume: bool = False
+    yes: bool = False
+    languages: tuple[str, ...] = ()
+    batch_size: int = 8  # sequences per optimizer step, over all processes
+    micro_batch: int = 4  # sequences per forward pass in one process
+    seq_len: int = 512
+    lr: float | None = None  # None: 3e-4 fine-tuning, 1e-3 from scratch
+    bf16: bool = True  # bf16 autocast (1.45x on this CPU, see notes)
+    eval_interval: int = 100
+    ckpt_interval: int = 50
+    keep_checkpoints: int = 3
+    gate_lines: int = 100
+    val_fraction: float = 0.1
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+    progress: bool = True
+
+
+def run_dir(name: str) -> Path:
+    return data_dir() / "runs" / name
+
+
+def load_init_model(init_from: str, preset: str, seed: int) -> tuple[GPT, str]:
+    """(a float model to train, a description of where it came from)."""
+    if init_from == "scratch":
+        return build_model(get_preset(preset), seed), f"scratch ({preset})"
+    path, name = resolve_model(init_from)
+    model, info = load_model(path)
+    if info.scheme != "none":
+        from codeassist.model.quantized import dequantize_model  # only quantized models need it
+
+        model = dequantize_model(model)
+    return model.float().train(), name
+
+
+def _confirm_tty(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise TrainError("no terminal to confirm on; pass --yes to train without asking")
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def _train_config(opts: FinetuneOptions, model: GPT, train_tokens: int, world: int) -> TrainConfig:
+    seq = min(opts.seq_len, model.config.block_size, train_tokens - 2)
+    if seq < 16:
+        raise TrainError(f"only {train_tokens} training tokens were collected; that is too little code to train on")
+    if opts.batch_size % (opts.micro_batch * world):
+        raise TrainError(f"--batch-size {opts.batch_size} must be a multiple of --micro-batch {opts.micro_batch} "
+                         f"times the {world} processes")
+    scratch = opts.init_from == "scratch"
+    lr = opts.lr if opts.lr is not None else (1e-3 if scratch else 3e-4)
+    max_iters = opts.max_iters if opts.max_iters else 10**9  # a time budget ends the run
+    return TrainConfig(batch_size=opts.micro_batch, seq_len=seq, grad_accum=opts.batch_size // opts.micro_batch,
+                       max_iters=max_iters, time_budget_s=opts.time_budget_s, lr=lr, min_lr=lr / 10,
+                       warmup_iters=min(50, max(1, (opts.max_iters or 500) // 10)),
+                       eval_interval=opts.eval_interval, eval_batches=4, ckpt_interval=opts.ckpt_interval,
+                       seed=opts.seed, autocast_bf16=opts.bf16)
+
+
+class ProgressBar:
+    """loss, tokens/s and ETA on stderr (tqdm), by steps or, with a time budget, by seconds."""
+
+    def __init__(self, cfg: TrainConfig, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.by_time = cfg.time_budget_s is not None and cfg.max_iters >= 10**9
+        total = cfg.time_budget_s if self.by_time else cfg.max_iters
+        self.bar = tqdm(total=total, unit="s" if self.by_time else "step", disable=not enabled,
+                        file=sys.stderr, dynamic_ncols=True,
+                        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}{postfix}]")
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        target = min(p["elapsed_s"], self.bar.total) if self.by_time else p["step"]
+        self.bar.update(target - self.bar.n)
+        post = f"loss {p['loss']:.3f}, {p['tok_s']:,.0f} tok/s"
+        if p["val_loss"] is not None:
+            post += f", val {p['val_loss']:.3f}"
+        self.bar.set_postfix_str(post, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_finetune(opts: FinetuneOptions, out: TextIO = sys.stdout,
+                 confirm: Callable[[str], bool] = _confirm_tty) -> int:
+    env = ddp.init_distributed(opts.device)
+    try:
+        return _run(opts, env, out, confirm)
+    finally:
+        ddp.shutdown(env)
+
+
+def _run(opts: FinetuneOptions, env: ddp.DistEnv, out: TextIO, confirm: Callable[[str], bool]) -> int:
+    named_model_path(opts.out)  # validates the name before any work
+    folder = run_dir(opts.out)
+    data = folder / "data"
+    say = (lambda s: print(s, file=out, flush=True)) if env.is_main else (lambda s: None)
+    if env.is_distributed and not opts.yes:
+        raise TrainError("under torchrun pass --yes: only one process could ask for confirmation")
+    if opts.resume and not (folder / "state.safetensors").exists():
+        raise TrainError(f"there is no interrupted run named {opts.out!r} to resume ({folder})")
+    ok = True
+    if env.is_main:
+        result = collect(opts.paths, opts.languages or None, workers=opts.workers)
+        say(format_report(result.report, result.languages))
+        if not result.files:
+            raise TrainError("no source files were found to train on in the given paths")
+        ok = opts.yes or confirm(f"Train model {opts.out!r} on these {len(result.files):,} files?")
+        if ok:
+            if not opts.resume:
+                shutil.rmtree(folder, ignore_errors=True)  # a new run starts clean
+            build_dataset(result.files, data, seed=opts.seed, val_fraction=opts.val_fraction,
+                          workers=opts.workers, progress=opts.progress, source=", ".join(opts.paths))
+    if env.is_distributed:
+        ok = bool(ddp.all_reduce_sum(env, [1.0 if ok else 0.0])[0] > 0)
+    if not ok:
+        say("cancelled; nothing was trained")
+        return 1
+    dataset = read_dataset(data)
+    model, origin = load_init_model(opts.init_from, opts.preset, opts.seed)
+    cfg = _train_config(opts, model, dataset.train_tokens, env.world_size)
+    val = load_split(data, "val") if dataset.val_tokens > cfg.seq_len + 1 else None
+    say(f"training {origin} on {dataset.train_tokens:,} tokens ({dataset.train_files} files; "
+        f"{dataset.val_files} held out) with {env.world_size} process(es) on {env.device}")
+    bar = ProgressBar(cfg, opts.progress and env.is_main)
+    try:
+        state = train(model, load_split(data, "train"), val, cfg, folder, env.device, resume=opts.resume,
+                      provenance={"data": dataset.data_id, "init_from": origin, "source": list(opts.paths)},
+                      on_progress=bar, data_id=dataset.data_id, dist=env,
+                      keep_checkpoints=opts.keep_checkpoints)
+    except KeyboardInterrupt:
+        bar.close()
+        say(f"interrupted; continue with: codeassist train {' '.join(opts.paths)} --out {opts.out} --resume")
+        return 130
+    bar.close()
+    if not env.is_main:
+        return 0
+    save_loss_curve(folder / "loss.png", state.losses, state.val_losses)
+    say(f"trained {state.step} steps, {state.tokens_seen:,} tokens in {state.elapsed_s:.0f} s; "
+        f"last loss {state.losses[-1] if state.losses else math.nan:.3f}")
+    return _gate_and_install(opts, folder, data, out)
+
+
+def _gate_and_install(opts: FinetuneOptions, folder: Path, data: Path, out: TextIO) -> int:
+    from codeassist.training.gate import run_gate
+
+    candidate = folder / "model.safetensors"
+    current = named_model_path(opts.out)
+    if not current.exists():
+        try:
+            current, _ = resolve_model("default")
+        except ModelFileError:
+            current = Path("/nonexistent")
+    if not current.exists():
+        install_model(candidate, opts.out, folder / "loss.png")
+        print(f"installed as {opts.out!r} ({named_model_path(opts.out)}); there was no model to compare with",
+              file=out)
+        return 0
+    result = run_gate(candidate, current, load_split(data, "val"), read_val_files(data), lines=opts.gate_lines,
+                      seed=opts.seed, device="cpu")
+    print(result.summary, file=out)
+    if not result.better:
+        print(f"kept your current model; the new one is at {candidate}", file=out)
+        return 0
+    install_model(candidate, opts.out, folder / "loss.png")
+    print(f"installed as {opts.out!r} ({named_model_path(opts.out)}); the previous one is kept for "
+          f"codeassist train --rollback --out {opts.out}", file=out)
+    return 0
+
+
+def install_model(candidate: Path, name: str, curve: Path | None = None) -> Path:
+    """Make `candidate` the user's model `name`, keeping the replaced one as `name`.previous."""
+    target = named_model_path(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        os.replace(target, named_model_path(f"{name}.previous"))
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(candidate, tmp)
+    os.replace(tmp, target)
+    if curve is not None and curve.exists():
+        shutil.copyfile(curve, target.with_suffix(".loss.png"))
+    return target
+
+
+def rollback(name: str) -> str:
+    target, previous = named_model_path(name), named_model_path(f"{name}.previous")
+    if not previous.exists():
+        raise TrainError(f"there is no previous model of {name!r} to roll back to")
+    tmp = target.with_name(f".{target.name}.swap")
+    os.replace(previous, tmp)
+    if target.exists():
+        os.replace(target, previous)
+    os.replace(tmp, target)
+    return f"{name!r} is the previous model again; run --rollback once more to undo"
