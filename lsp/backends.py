@@ -209,8 +209,9 @@ class FakeBackend:
 class RemoteBackend:
     """A team server (our API, OpenAI-compatible, or llama.cpp) through RemoteClient."""
 
-    def __init__(self, config: RemoteConfig) -> None:
+    def __init__(self, config: RemoteConfig, transport: Any = None) -> None:
         self.config = config
+        self.transport = transport  # an httpx transport, for tests
         self._client: Any = None
         self._last_error: str | None = None
 
@@ -230,7 +231,7 @@ class RemoteBackend:
 
             c = self.config
             self._client = RemoteClient(RemoteSettings(url=c.url, api=c.api, api_key=c.api_key,
-                                                       model=c.model, timeout_ms=c.timeout_ms))
+                                                       model=c.model, timeout_ms=c.timeout_ms), self.transport)
         return self._client
 
     async def complete(self, request: CompletionRequest) -> BackendResult:
@@ -241,7 +242,8 @@ class RemoteBackend:
         t0 = time.perf_counter()
         prompt = request.prompt
         try:
-            text = await self._get_client().complete(
+            client = self._get_client()
+            text = await client.complete(
                 prompt.prefix, prompt.suffix, max_tokens=request.max_tokens,
                 temperature=request.temperature, stop=list(request.stop))
         except RemoteError as exc:

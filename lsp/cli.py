@@ -8,6 +8,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from codeassist.lsp.backends import CompletionRequest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +35,16 @@ def parse_host_port(value: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def scripted_response(request: CompletionRequest) -> str:
+    """The fake backend's answers, which end-to-end tests steer through the document text."""
+    line = request.prompt.prefix.rsplit("\n", 1)[-1]
+    if "RAISE_IN_BACKEND" in request.prompt.prefix:
+        raise RuntimeError("a scripted failure in the fake backend")
+    if "ECHO" in request.prompt.prefix:
+        return "  # seen " + line.encode("unicode_escape").decode("ascii")
+    return "fake_completion()"
+
+
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -47,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         delay = args.fake_delay_ms / 1000
 
         def factory(s: Settings) -> FakeBackend:  # type: ignore[misc]
-            return FakeBackend(steps=20 if delay else 1, step_s=delay / 20 if delay else 0.0)
+            return FakeBackend(scripted_response, steps=20 if delay else 1, step_s=delay / 20 if delay else 0.0)
 
     tcp = parse_host_port(args.tcp) if args.tcp else None
     server = CodeassistServer(settings, factory)

@@ -50,7 +50,8 @@ def stop_at_dedent(text: str, pc: PostContext) -> str | None:
             continue
         ind = _indent(line)
         if ind < base or (opens and ind <= base and not line.strip().startswith(_CONTINUES)):
-            return "\n".join(lines[:i]).rstrip()
+            keep = i + 1 if line.strip()[0] in _CLOSE else i  # a closing bracket ends the block
+            return "\n".join(lines[:keep]).rstrip()
     return text
 
 

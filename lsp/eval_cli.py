@@ -1,0 +1,60 @@
+"""`codeassist eval PATH... [--samples N] [--json] [--typing]`: the headless harness.
+
+Starts the real language server over stdio, as an editor does, and scores what it suggests.
+Top-level imports stay light (argparse only).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to evaluate on")
+    parser.add_argument("--samples", type=int, default=100, help="cursor positions to try (default 100)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--typing", action="store_true",
+                        help="type the first file character by character and report latency per keystroke")
+    parser.add_argument("--chars", type=int, default=400, help="characters to type in --typing mode")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default=None, help="model name or path (default: the embedded model)")
+    parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--no-cache", action="store_true", help="switch the suggestion cache off")
+    parser.add_argument("--no-prefix-reuse", action="store_true", help="prefill the whole prompt every time")
+    parser.add_argument("--cases", action="store_true", help="with --json: include every sample")
+    parser.add_argument("--backend", default=None, choices=["local", "fake"], help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from codeassist.cli.errors import UserError
+    from codeassist.lsp import harness
+
+    files = harness.collect_files(args.paths)
+    if not files:
+        raise UserError("no source files found under the given paths")
+    if args.samples < 1 or args.chars < 1:
+        raise UserError("--samples and --chars must be at least 1")
+    cmd = harness.server_command(args.model, args.device, args.backend)
+    options = {"codeassist": {"cache": not args.no_cache, "prefixReuse": not args.no_prefix_reuse}}
+    try:
+        if args.typing:
+            report: harness.Report | harness.TypingReport = asyncio.run(
+                harness.type_file(files[0], cmd, options, chars=args.chars, seed=args.seed))
+        else:
+            report = asyncio.run(harness.evaluate(files, args.samples, cmd, options, seed=args.seed))
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        print(json.dumps(report.to_dict(with_cases=args.cases), default=str, indent=2))
+    elif isinstance(report, harness.TypingReport):
+        print(f"typed {report.keystrokes} characters of {files[0]}: {report.answered} requests answered")
+        print(f"latency per keystroke request: p50 {report.p50_ms:.1f} ms, p95 {report.p95_ms:.1f} ms, "
+              f"mean {report.mean_ms:.1f} ms; cache hits {report.cache_hits}; empty {report.empty_rate:.1%}")
+    else:
+        print(f"{report.samples} samples from {len(files)} files (model ready after {report.ready_s:.1f} s)")
+        print(f"exact match {report.exact_match:.1%}, edit similarity {report.edit_similarity:.3f}, "
+              f"empty {report.empty_rate:.1%}, latency p50 {report.p50_ms:.1f} ms, p95 {report.p95_ms:.1f} ms")
+    return 0

@@ -1,0 +1,107 @@
+import asyncio
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from codeassist.lsp.backends import CompletionRequest, LocalBackend, RemoteBackend, strip_forced
+from codeassist.lsp.context import build_context
+from codeassist.lsp.prompt import build_prompt
+from codeassist.lsp.settings import RemoteConfig
+
+
+def request(text: str, max_tokens: int = 8, stop: tuple[str, ...] = ()) -> CompletionRequest:
+    ctx = build_context("file:///a.py", "python", text, len(text))
+    return CompletionRequest(build_prompt(ctx, 128), max_tokens=max_tokens, stop=stop)
+
+
+def test_strip_forced() -> None:
+    assert strip_forced("    return x", "    ") == "return x"
+    assert strip_forced("  x", "    ") == ""
+
+
+async def test_local_backend_loads_in_background_and_heals(tiny_model_path: Path) -> None:
+    from codeassist.model.engine import Engine, GenerationRequest, StopRules
+
+    backend = LocalBackend(str(tiny_model_path), device="cpu")
+    assert not backend.status().ready and "loading" in (backend.status().reason or "")
+    backend.start()
+    assert await asyncio.to_thread(backend.wait_ready, 60)
+    status = backend.status()
+    assert status.ready and status.context_tokens == 256 and status.device == "cpu"
+    req = request("def f(values):\n    return val", max_tokens=6)
+    assert req.prompt.forced == " val"
+    got = await backend.complete(req)
+    # the same generation straight from the engine begins with the healed text, which is removed
+    engine = Engine.load(str(tiny_model_path), device="cpu")
+    raw = engine.generate(GenerationRequest(prompt=req.prompt.ids, forced_prefix=b" val",
+                                            stop=StopRules(max_new_tokens=6)))
+    assert raw.text.startswith(" val")
+    assert got.text == raw.text[len(" val"):]
+    await backend.aclose()
+
+
+async def test_cancel_stops_generation_within_a_step(tiny_model_path: Path) -> None:
+    backend = LocalBackend(str(tiny_model_path), device="cpu")
+    backend.start()
+    assert await asyncio.to_thread(backend.wait_ready, 60)
+    engine = backend._engine
+    assert engine is not None
+    results = []
+    started = threading.Event()
+    orig = engine.generate
+
+    def recording(req, cancel=None):  # type: ignore[no-untyped-def]
+        started.set()
+        out = orig(req, cancel)
+        results.append(out)
+        return out
+
+    engine.generate = recording  # type: ignore[method-assign]
+    req = CompletionRequest(request("x = 1\n").prompt, max_tokens=200)
+    task = asyncio.ensure_future(backend.complete(req))
+    await asyncio.to_thread(started.wait, 10)
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    follow = await backend.complete(request("y = 2\n", max_tokens=2))  # the worker is free again
+    assert follow.stop_reason in ("max_tokens", "eos")
+    assert results[0].stop_reason == "cancelled" and len(results[0].tokens) < 200
+    await backend.aclose()
+
+
+async def test_missing_model_says_why_in_one_sentence(tmp_path: Path) -> None:
+    backend = LocalBackend(str(tmp_path / "nope.safetensors"), device="cpu")
+    backend.start()
+    assert not await asyncio.to_thread(backend.wait_ready, 60)
+    status = backend.status()
+    assert not status.ready and status.reason and "\n" not in status.reason and "Traceback" not in status.reason
+    got = await backend.complete(request("x = "))
+    assert got.text == "" and got.reason == status.reason
+    await backend.aclose()
+
+
+async def test_remote_backend_delegates_to_the_client() -> None:
+    pytest.importorskip("codeassist.remote.client")
+    import httpx
+
+    seen = []
+
+    def handler(r: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(r.content))
+        return httpx.Response(200, json={"choices": [{"text": "compute(1)"}]})
+
+    backend = RemoteBackend(RemoteConfig(url="http://127.0.0.1:9", api="openai"), httpx.MockTransport(handler))
+    assert backend.status().ready
+    got = await backend.complete(request("import os\nx = "))
+    assert got.text == "compute(1)"
+    assert seen[0]["prompt"].endswith("x = ")
+    failing = RemoteBackend(RemoteConfig(url="http://127.0.0.1:9", api="openai"),
+                            httpx.MockTransport(lambda r: httpx.Response(503)))
+    bad = await failing.complete(request("x = "))
+    assert bad.text == "" and bad.reason and "503" in bad.reason
+    assert not RemoteBackend(RemoteConfig()).status().ready
+    await backend.aclose()
+    await failing.aclose()

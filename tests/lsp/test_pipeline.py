@@ -1,0 +1,86 @@
+import asyncio
+
+from codeassist.lsp.backends import CompletionRequest, FakeBackend
+from codeassist.lsp.context import Mode, build_context
+from codeassist.lsp.pipeline import Pipeline
+from codeassist.lsp.settings import Settings
+
+DOC = "import os\n\ndef main():\n    \n\nmain()\n"
+CUR = DOC.index("    \n") + 4
+
+
+def ctx(text: str = DOC, offset: int = CUR, uri: str = "file:///a.py"):  # type: ignore[no-untyped-def]
+    return build_context(uri, "python", text, offset)
+
+
+async def test_completion_goes_through_backend_and_postprocessing() -> None:
+    fake = FakeBackend(lambda r: "print(os.getcwd())\n    return 0\nmain()\n")
+    pipe = Pipeline(fake, Settings())
+    got = await pipe.complete(ctx())
+    assert got.text == "print(os.getcwd())\n    return 0" and got.mode is Mode.BLOCK
+    req = fake.requests[0]
+    assert req.prompt.forced == "    " and "\ndef " in req.stop
+    assert len(req.prompt.ids) + req.max_tokens <= 1024
+
+
+async def test_typing_through_the_suggestion_makes_no_model_call() -> None:
+    fake = FakeBackend(lambda r: "print(os.getcwd())")
+    pipe = Pipeline(fake, Settings())
+    await pipe.complete(ctx())
+    typed = DOC[:CUR] + "print(" + DOC[CUR:]
+    got = await pipe.complete(ctx(typed, CUR + 6))
+    assert got.text == "os.getcwd())" and got.from_cache
+    assert len(fake.requests) == 1
+    off = Pipeline(FakeBackend(lambda r: "print(os.getcwd())"), Settings(cache=False))
+    await off.complete(ctx())
+    assert not (await off.complete(ctx(typed, CUR + 6))).from_cache
+
+
+async def test_newest_request_supersedes_the_older_one() -> None:
+    fake = FakeBackend(lambda r: "x", steps=100, step_s=0.01)
+    pipe = Pipeline(fake, Settings())
+    first = asyncio.ensure_future(pipe.complete(ctx()))
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(pipe.complete(ctx(DOC[:CUR] + "p" + DOC[CUR:], CUR + 1)))
+    await asyncio.sleep(0)
+    assert (await second).text == "x"
+    assert first.cancelled()
+    assert fake.cancelled == 1 and fake.steps_run < 200
+
+
+async def test_other_documents_are_not_superseded() -> None:
+    fake = FakeBackend(lambda r: "x", steps=5, step_s=0.01)
+    pipe = Pipeline(fake, Settings())
+    a = asyncio.ensure_future(pipe.complete(ctx(uri="file:///a.py")))
+    b = asyncio.ensure_future(pipe.complete(ctx(uri="file:///b.py")))
+    assert [r.text for r in await asyncio.gather(a, b)] == ["x", "x"]
+
+
+async def test_inside_a_word_asks_nothing() -> None:
+    fake = FakeBackend()
+    pipe = Pipeline(fake, Settings())
+    text = "value = compu\n"
+    got = await pipe.complete(ctx(text, 10))
+    assert got.text == "" and got.mode is Mode.NONE and not fake.requests
+    assert pipe.last_reason == "the cursor is inside a word"
+
+
+async def test_not_ready_backend_says_why() -> None:
+    pipe = Pipeline(FakeBackend(ready=False, reason="the model file is truncated"), Settings())
+    got = await pipe.complete(ctx())
+    assert got.text == "" and got.reason == "the model file is truncated"
+
+
+async def test_line_mode_stops_at_newline_while_decoding() -> None:
+    seen: list[CompletionRequest] = []
+    fake = FakeBackend(lambda r: seen.append(r) or "1")  # type: ignore[func-returns-value]
+    await Pipeline(fake, Settings()).complete(ctx("x = \n", 4))
+    assert seen[0].stop == ("\n",)
+
+
+async def test_latency_percentiles_are_kept() -> None:
+    pipe = Pipeline(FakeBackend(lambda r: "1"), Settings())
+    for i in range(5):
+        await pipe.complete(ctx(f"x{i} = \n", 5))
+    assert pipe.latency.percentile(0.5) is not None
+    assert pipe.latency.percentile(0.95) >= pipe.latency.percentile(0.5)  # type: ignore[operator]
