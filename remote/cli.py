@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="allow browser requests from this origin (repeatable; none by default)")
     parser.add_argument("--cors-credentials", action="store_true", help="let CORS requests carry credentials")
     parser.add_argument("--served-name", default="", help="the model id /v1/models reports")
-    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
@@ -50,13 +50,16 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 
 
 def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)  # refused settings fail before torch is imported
+
     from codeassist.model.checkpoint import read_info
     from codeassist.model.store import resolve_model
     from codeassist.remote.app import create_app
     from codeassist.remote.server import build_server
 
-    settings = settings_from_args(args)
     path, _ = resolve_model(settings.model)  # a wrong name or path fails now, in one sentence
+    if not path.exists():
+        raise ServeError(f"there is no model at {path}")
     if path.is_file():
         read_info(path)
     server = build_server(create_app(settings), settings.host, settings.port, args.log_level)
