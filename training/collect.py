@@ -103,6 +103,7 @@ class CollectReport:
     kept_bytes: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)  # rule -> files
     dropped_bytes: Counter[str] = field(default_factory=Counter)
+    skipped_dirs: Counter[str] = field(default_factory=Counter)  # folder name -> folders not entered
     redactions: Counter[str] = field(default_factory=Counter)  # placeholder kind -> count
     files_redacted: int = 0
 
@@ -139,15 +140,19 @@ def _is_skipped_dir(rel: str) -> bool:
     return any(part in SKIP_DIRS or part.endswith(".egg-info") for part in rel.split("/")[:-1])
 
 
-def list_candidates(root: Path) -> list[str]:
-    """Paths (relative to `root`, '/'-separated, sorted) of the files in scope under `root`."""
+def list_candidates(root: Path, skipped: Counter[str] | None = None) -> list[str]:
+    """Paths (relative to `root`, '/'-separated, sorted) of the files in scope under `root`.
+
+    Folders the walk does not enter (vendored, build) are counted by name in `skipped`.
+    """
+    skipped = Counter() if skipped is None else skipped
     if root.is_file() or root.is_symlink():
         return [root.name]
     if _git_toplevel(root):
         rels = []
         for rel in _git_files(root):
             if rel.endswith("/"):  # an untracked nested repository: list it by its own rules
-                rels += [rel + sub for sub in list_candidates(root / rel)]
+                rels += [rel + sub for sub in list_candidates(root / rel, skipped)]
             else:
                 rels.append(rel)
         return sorted(set(rels))
@@ -158,9 +163,11 @@ def list_candidates(root: Path) -> list[str]:
         kept_dirs = []
         for d in sorted(dirnames):
             if d in SKIP_DIRS or d.endswith(".egg-info"):
+                if d != ".git":
+                    skipped[d] += 1
                 continue
             if os.path.isdir(os.path.join(dirpath, d, ".git")) or os.path.isfile(os.path.join(dirpath, d, ".git")):
-                rels += [prefix + d + "/" + sub for sub in list_candidates(Path(dirpath, d))]
+                rels += [prefix + d + "/" + sub for sub in list_candidates(Path(dirpath, d), skipped)]
             else:
                 kept_dirs.append(d)
         dirnames[:] = kept_dirs
@@ -266,7 +273,7 @@ def collect(paths: Sequence[str | os.PathLike[str]], languages: Sequence[str] | 
             raise FileNotFoundError(f"no such file or folder: {p}")
         base = root.parent if root.is_file() else root
         root_real = os.path.realpath(base)
-        for rel in list_candidates(root):
+        for rel in list_candidates(root, report.skipped_dirs):
             c = Candidate(str(base), rel)
             rule = _scope_rule(c, selected)
             size = 0
@@ -325,6 +332,9 @@ def format_report(report: CollectReport, languages: Sequence[str]) -> str:
         lines.append(f"dropped {sum(report.dropped.values()):,} files, {mb(sum(report.dropped_bytes.values()))}:")
         for rule in sorted(report.dropped, key=lambda r: (-report.dropped[r], r)):
             lines.append(f"  {rule:<22} {report.dropped[rule]:>7,} files  {mb(report.dropped_bytes[rule]):>12}")
+    if report.skipped_dirs:
+        dirs = ", ".join(f"{d} {n:,}" for d, n in sorted(report.skipped_dirs.items()))
+        lines.append(f"folders not entered (vendored/build): {dirs}")
     if report.redactions:
         kinds = ", ".join(f"{k.lower()} {n:,}" for k, n in sorted(report.redactions.items()))
         lines.append(f"replaced with placeholders in {report.files_redacted:,} files: {kinds}")

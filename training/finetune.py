@@ -145,7 +145,11 @@ def _run(opts: FinetuneOptions, env: ddp.DistEnv, out: TextIO, confirm: Callable
     named_model_path(opts.out)  # validates the name before any work
     folder = run_dir(opts.out)
     data = folder / "data"
-    say = (lambda s: print(s, file=out, flush=True)) if env.is_main else (lambda s: None)
+
+    def say(text: str) -> None:
+        if env.is_main:
+            print(text, file=out, flush=True)
+
     if env.is_distributed and not opts.yes:
         raise TrainError("under torchrun pass --yes: only one process could ask for confirmation")
     if opts.resume and not (folder / "state.safetensors").exists():

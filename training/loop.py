@@ -144,6 +144,8 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
                          f"{dist.world_size} processes")
     local_accum = cfg.grad_accum // dist.world_size
     out_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        remove_partial_saves(out_dir)
     model.to(device).train()
     opt = make_optimizer(model, cfg)
     state = TrainState(max_iters=cfg.max_iters, data_id=data_id)
@@ -221,6 +223,14 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
 
 def dist_sum(dist: DistEnv, values: list[float]) -> list[float]:
     return all_reduce_sum(dist, values) if dist.is_distributed else values
+
+
+def remove_partial_saves(out_dir: Path) -> None:
+    """Delete temporary files left by a save that was killed (the renamed files are complete)."""
+    for pattern in (".*.safetensors.*.tmp", ".tmp*"):
+        for p in out_dir.glob(pattern):
+            if p.is_file():
+                p.unlink(missing_ok=True)
 
 
 def keep_last_checkpoints(state_path: Path, step: int, keep: int) -> None:
