@@ -24,6 +24,14 @@ from codeassist.model.checkpoint import ModelInfo, load_model
 from codeassist.model.gpt import GPT
 from codeassist.model.healing import PrefixConstraint
 from codeassist.model.sampling import SamplingParams, sample_next
+from codeassist.model.speculative import (
+    Drafter,
+    DraftModel,
+    SpeculationParams,
+    should_speculate,
+    verify_greedy,
+    verify_sampling,
+)
 from codeassist.model.store import resolve_model
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,7 @@ class GenerationRequest:
     stop: StopRules = field(default_factory=StopRules)
     forced_prefix: bytes = b""  # token healing: the output must begin with these bytes
     seed: int | None = None
+    speculation: SpeculationParams = field(default_factory=SpeculationParams)  # default: off
 
 
 @dataclass
@@ -58,6 +67,9 @@ class GenerationResult:
     first_token_ms: float = 0.0
     total_ms: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    drafted_tokens: int = 0  # speculation: tokens proposed to the verifier
+    accepted_tokens: int = 0  # ... of which kept and returned in `tokens` (a stop can cut a run short)
+    verify_steps: int = 0  # forward passes that verified a draft
 
 
 class CancelledError(Exception):
@@ -81,7 +93,7 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 class Engine:
     def __init__(self, model: GPT, device: torch.device | None = None, dtype: torch.dtype | None = None,
-                 info: ModelInfo | None = None, name: str = "custom") -> None:
+                 info: ModelInfo | None = None, name: str = "custom", draft_model: GPT | None = None) -> None:
         self.device = device or next(model.parameters()).device
         self.dtype = dtype or default_dtype(self.device)
         self.model = _prepare(model, self.device, self.dtype)
@@ -90,20 +102,37 @@ class Engine:
         self.name = name
         self._cached: list[int] = []  # tokens whose keys/values are in row 0 of the cache
         self._lock = threading.Lock()
+        self.draft: DraftModel | None = None
+        if draft_model is not None:
+            self.set_draft_model(draft_model)
 
     @classmethod
     def load(cls, model: str | Path = "default", device: str = "auto",
-             dtype: torch.dtype | None = None) -> Engine:
-        """Load a model by name (`default`, `gpt2`, a saved name) or path; raises ModelFileError."""
-        dev = pick_device(device)
-        path, name = resolve_model(model)
-        if path.is_dir():
-            from codeassist.model.hf_gpt2 import load_hf_gpt2
+             dtype: torch.dtype | None = None, draft: str | Path | None = None) -> Engine:
+        """Load a model by name (`default`, `gpt2`, a saved name) or path; raises ModelFileError.
 
-            gpt = load_hf_gpt2(path)
-            return cls(gpt, dev, dtype, info=None, name=name)
-        gpt, info = load_model(path)
-        return cls(gpt, dev, dtype, info=info, name=name)
+        `draft` names a smaller model with the same tokenizer for draft-model speculation.
+        """
+        dev = pick_device(device)
+        gpt, info, name = _load_gpt(model)
+        draft_gpt = _load_gpt(draft)[0] if draft is not None else None
+        return cls(gpt, dev, dtype, info=info, name=name, draft_model=draft_gpt)
+
+    def set_draft_model(self, model: GPT | None) -> None:
+        """The drafter for `SpeculationParams(method="draft")`; it must share the tokenizer."""
+        if model is None:
+            self.draft = None
+            return
+        if model.config.vocab_size != self.config.vocab_size:
+            raise ValueError(f"the draft model's vocabulary ({model.config.vocab_size}) differs from the "
+                             f"model's ({self.config.vocab_size}); it must use the same tokenizer")
+        self.draft = DraftModel(model, self.device, self.dtype)
+
+    def reset_prefix(self) -> None:
+        """Forget the cached prompt, so the next request prefills from scratch (benchmarks)."""
+        self._cached = []
+        if self.draft is not None:
+            self.draft._cached = []
 
     # -- the pieces (small enough to test or compile alone) -------------------------------------
 
@@ -125,6 +154,13 @@ class Engine:
         logits: torch.Tensor = self.model(x, p, pos + 1)[0, -1].float()
         return logits
 
+    def score_tokens(self, ids: list[int], start_pos: int) -> torch.Tensor:
+        """Logits after each of ids at positions start_pos.. (row 0), (len(ids), vocab): a verify pass."""
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)
+        pos = torch.arange(start_pos, start_pos + len(ids), device=self.device).unsqueeze(0)
+        logits: torch.Tensor = self.model(x, pos, start_pos + len(ids))[0].float()
+        return logits
+
     # -- generation ----------------------------------------------------------------------------
 
     def generate(self, request: GenerationRequest, cancel: threading.Event | None = None) -> GenerationResult:
@@ -139,52 +175,81 @@ class Engine:
                                                     self.config.block_size)
         if not prompt:
             raise ValueError("the prompt is empty")
+        spec = req.speculation
+        if spec.method == "draft" and self.draft is None:
+            raise ValueError("draft-model speculation was asked for, but the engine has no draft model")
         self._ensure_cache(1)
         reuse = min(_common_prefix(self._cached, prompt), len(prompt) - 1)  # refeed >= 1 for logits
         self._cached = self._cached[:reuse]
-        logits = self.prefill(prompt[reuse:], reuse)
+        logits: torch.Tensor | None = self.prefill(prompt[reuse:], reuse)
         self._cached = list(prompt)
         prefill_ms = (time.perf_counter() - t0) * 1e3
         gen = _generator(req.seed, self.device)
         constraint = PrefixConstraint(req.forced_prefix) if req.forced_prefix else None
+        drafter = Drafter(spec, prompt, self.draft) if should_speculate(spec, 1) else None
         out: list[int] = []
         decoder = _TextDecoder()
-        reason = "max_tokens"
+        reason = "max_tokens" if max_new > 0 else "context"
         first_ms = 0.0
-        pos = len(prompt)
-        if max_new == 0:
-            reason = "context"
-        for i in range(max_new):
-            if constraint is not None and not constraint.done:
-                logits = constraint.mask(logits)
-            token = sample_next(logits, req.sampling, gen)
-            if constraint is not None:
-                constraint.advance(token)
-            if i == 0:
-                first_ms = (time.perf_counter() - t0) * 1e3
-            if req.stop.stop_on_eos and tok.is_special(token):
-                reason = "eos"
+        pos = len(prompt)  # the position of the next token fed to the model
+        pending: list[int] = []  # tokens chosen by a verify pass, not yet emitted
+        drafted = accepted = 0
+        stopped = max_new == 0
+        while not stopped:
+            if not pending:  # choose the next token from the logits of the last step
+                assert logits is not None
+                if constraint is not None and not constraint.done:
+                    logits = constraint.mask(logits)
+                pending = [sample_next(logits, req.sampling, gen)]
+                if constraint is not None:
+                    constraint.advance(pending[0])
+                from_draft = 0
+            else:
+                from_draft = len(pending) - 1  # all but the last came from the draft
+            for j, token in enumerate(pending):
+                if not out and not first_ms:
+                    first_ms = (time.perf_counter() - t0) * 1e3
+                if req.stop.stop_on_eos and tok.is_special(token):
+                    reason, stopped = "eos", True
+                    break
+                out.append(token)
+                accepted += j < from_draft
+                if _find_stop(decoder.push(token), req.stop.stop_strings, _forced_len(req)) is not None:
+                    reason, stopped = "stop", True
+                elif cancel is not None and cancel.is_set():
+                    reason, stopped = "cancelled", True
+                elif deadline is not None and time.perf_counter() > deadline:
+                    reason, stopped = "time", True
+                elif len(out) >= max_new:
+                    stopped = True
+                elif j == len(pending) - 1 and pos >= self.config.block_size:  # no slot to feed it
+                    reason, stopped = "context", True
+                if stopped:
+                    break
+            if stopped:
                 break
-            out.append(token)
-            text = decoder.push(token)
-            cut = _find_stop(text, req.stop.stop_strings, _forced_len(req))
-            if cut is not None:
-                reason = "stop"
-                break
-            if cancel is not None and cancel.is_set():
-                reason = "cancelled"
-                break
-            if deadline is not None and time.perf_counter() > deadline:
-                reason = "time"
-                break
-            if i == max_new - 1:
-                break
-            if pos >= self.config.block_size:
-                reason = "context"
-                break
-            logits = self.decode_one_token(token, pos)
-            self._cached.append(token)
-            pos += 1
+            last, pending = pending[-1], []
+            # room for drafts: the context, and the tokens still wanted after `last`
+            room = min(self.config.block_size - 1 - pos, max_new - len(out) - 1)
+            draft: list[int] = []
+            q: torch.Tensor | None = None
+            if drafter is not None and room > 0 and (constraint is None or constraint.done):
+                draft, q = drafter.propose(out, min(room, drafter.k), req.sampling, gen)
+            if drafter is None or not draft:
+                logits = self.decode_one_token(last, pos)
+                self._cached.append(last)
+                pos += 1
+                continue
+            scores = self.score_tokens([last, *draft], pos)  # (1 + k, vocab)
+            if req.sampling.greedy:
+                n, nxt = verify_greedy(scores, draft)
+            else:
+                n, nxt = verify_sampling(scores, draft, req.sampling, q, gen)
+            drafter.update(len(draft), n)
+            drafted += len(draft)
+            self._cached.extend([last, *draft[:n]])  # the rejected drafts' cache slots are stale
+            pos += 1 + n
+            pending, logits = [*draft[:n], nxt], None
         text = decoder.text()
         cut = _find_stop(text, req.stop.stop_strings, _forced_len(req))
         if cut is not None:
@@ -192,7 +257,8 @@ class Engine:
         total_ms = (time.perf_counter() - t0) * 1e3
         return GenerationResult(tokens=out, text=text, stop_reason=reason, prompt_tokens=len(prompt),
                                 reused_tokens=reuse, truncated_prompt=truncated, prefill_ms=prefill_ms,
-                                first_token_ms=first_ms, total_ms=total_ms)
+                                first_token_ms=first_ms, total_ms=total_ms, drafted_tokens=drafted,
+                                accepted_tokens=accepted, verify_steps=drafter.steps if drafter else 0)
 
     def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Several prompts decoded together in one batch (no prefix reuse)."""
@@ -263,6 +329,16 @@ class Engine:
                                             truncated_prompt=fitted[b][2], prefill_ms=prefill_ms,
                                             total_ms=total_ms))
         return results
+
+
+def _load_gpt(model: str | Path) -> tuple[GPT, ModelInfo | None, str]:
+    path, name = resolve_model(model)
+    if path.is_dir():
+        from codeassist.model.hf_gpt2 import load_hf_gpt2
+
+        return load_hf_gpt2(path), None, name
+    gpt, info = load_model(path)
+    return gpt, info, name
 
 
 def _prepare(model: GPT, device: torch.device, dtype: torch.dtype) -> GPT:
