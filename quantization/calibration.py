@@ -25,8 +25,13 @@ MAX_FILE_BYTES = 1 << 20
 
 
 def stdlib_split(validation: bool) -> list[Document]:
-    train, val = split_documents(stdlib_documents())
+    train, val = stdlib_splits()
     return val if validation else train
+
+
+def stdlib_splits() -> tuple[list[Document], list[Document]]:
+    """(training files, validation files) of the standard library, split as training splits them."""
+    return split_documents(stdlib_documents())
 
 
 def collect_documents(paths: Sequence[Path]) -> list[Document]:

@@ -21,7 +21,7 @@ from codeassist.model.checkpoint import load_model, save_model
 from codeassist.model.config import get_preset
 from codeassist.model.engine import Engine
 from codeassist.model.gpt import GPT
-from codeassist.quantization.calibration import calibration_samples, stdlib_split, token_stream
+from codeassist.quantization.calibration import calibration_samples, stdlib_splits, token_stream
 from codeassist.quantization.evaluate import exact_match, line_cases, measure_speed, perplexity
 from codeassist.quantization.gptq import GPTQConfig
 from codeassist.quantization.quantize import quantize
@@ -84,10 +84,10 @@ def quality_report(model: GPT, cfg: ReportConfig, calib_docs: list[Document] | N
                    progress: Progress = log.info) -> list[Row]:
     """Every variant of a trained model, with perplexity and exact match on held-out stdlib files."""
     model = model.float().eval()
-    val = stdlib_split(validation=True)
+    train, val = stdlib_splits()
     eval_ids = token_stream(val, cfg.eval_tokens + 1, fim_rate=0.0, seed=cfg.seed, shuffle=False)
     cases = line_cases(val, cfg.em_samples, seed=cfg.seed)
-    docs = calib_docs if calib_docs is not None else stdlib_split(validation=False)
+    docs = calib_docs if calib_docs is not None else train
     calib = calibration_samples(docs, cfg.calib_samples, min(cfg.calib_seq_len, model.config.block_size),
                                 seed=cfg.seed)
     rows: list[Row] = []
