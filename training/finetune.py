@@ -132,8 +132,9 @@ class ProgressBar:
         self.bar.close()
 
 
-def run_finetune(opts: FinetuneOptions, out: TextIO = sys.stdout,
+def run_finetune(opts: FinetuneOptions, out: TextIO | None = None,
                  confirm: Callable[[str], bool] = _confirm_tty) -> int:
+    out = out or sys.stdout
     env = ddp.init_distributed(opts.device)
     try:
         return _run(opts, env, out, confirm)

@@ -73,7 +73,7 @@ def test_secret_files_are_never_opened(tmp_path: Path, monkeypatch: pytest.Monke
         write(repo / name, "SECRET=1\n")
     write(repo / "main.py", code_file(1))
     opened: list[str] = []
-    real_open, real_io_open = builtins.open, io.open
+    real_open = builtins.open
 
     def spy(file: object, *args: object, **kwargs: object) -> object:
         opened.append(os.fspath(file) if isinstance(file, str | os.PathLike) else str(file))

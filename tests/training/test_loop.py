@@ -56,7 +56,7 @@ def test_resume_reproduces_the_uninterrupted_losses_bitwise(tmp_path: Path) -> N
     assert resumed.val_losses == full.val_losses
     for (k, a), b in zip(full_model.state_dict().items(), resumed_model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
-    trained, info = load_model(tmp_path / "b" / "model.safetensors")
+    _, info = load_model(tmp_path / "b" / "model.safetensors")
     assert info.provenance["steps"] == CFG.max_iters
 
 

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from codeassist.cli.main import main
+from codeassist.model.checkpoint import read_info
+from codeassist.model.store import named_model_path
+from codeassist.training.cli import parse_duration
+from codeassist.training.finetune import FinetuneOptions, install_model, run_dir, run_finetune
+
+from .fixtures import SECRET_CODE, code_file, init_repo, write
+
+FAST = ["--batch-size", "2", "--micro-batch", "1", "--seq-len", "32", "--no-progress", "--no-bf16",
+        "--eval-interval", "2", "--ckpt-interval", "2", "--workers", "1", "--device", "cpu"]
+
+
+def _repo(tmp_path: Path, n: int = 6) -> Path:
+    repo = init_repo(tmp_path / "proj")
+    write(repo / ".env", "TOKEN=abc\n")
+    write(repo / "settings.py", SECRET_CODE)
+    for i in range(n):
+        write(repo / "src" / f"m{i}.py", code_file(i))
+    return repo
+
+
+def _losses(name: str) -> list[float]:
+    with safe_open(str(run_dir(name) / "state.safetensors"), framework="pt") as f:
+        return list(json.loads((f.metadata() or {})["state"])["losses"])
+
+
+def test_parse_duration() -> None:
+    assert parse_duration("30m") == 1800 and parse_duration("1h30m") == 5400 and parse_duration("90s") == 90
+    assert parse_duration("45") == 45
+    for bad in ("", "soon", "0m", "m"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_duration(bad)
+
+
+def test_train_collects_trains_gates_installs_and_rolls_back(tmp_path: Path, tiny_model_file: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    repo = _repo(tmp_path)
+    install_model(tiny_model_file, "t1")  # the user's current model: what the gate compares with
+    rc = main(["train", str(repo), "--init-from", str(tiny_model_file), "--max-iters", "4", "--yes",
+               "--out", "t1", "--lr", "1e-2", "--gate-lines", "2", *FAST])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "kept 7 files" in out and "secret file" in out and "replaced with placeholders" in out
+    assert "the new model is better: held-out loss" in out and "installed as 't1'" in out
+    model, previous = named_model_path("t1"), named_model_path("t1.previous")
+    assert read_info(model).provenance["steps"] == 4 and read_info(previous).provenance["steps"] == 0
+    png = model.with_suffix(".loss.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    idat = png[png.index(b"IDAT") + 4:png.index(b"IEND") - 8]
+    assert len(zlib.decompress(idat)) > 1000
+    assert main(["train", "--rollback", "--out", "t1"]) == 0
+    assert read_info(named_model_path("t1")).provenance["steps"] == 0
+
+
+def test_confirmation_and_resume_errors(tmp_path: Path, tiny_model_file: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    repo = _repo(tmp_path, n=3)
+    opts = FinetuneOptions(paths=(str(repo),), out="t2", init_from=str(tiny_model_file), max_iters=2,
+                           batch_size=2, micro_batch=1, seq_len=32, workers=1, progress=False, gate_lines=0)
+    assert run_finetune(opts, confirm=lambda question: False) == 1
+    assert "cancelled" in capsys.readouterr().out and not (run_dir("t2") / "data").exists()
+    rc = main(["train", str(repo), "--init-from", str(tiny_model_file), "--max-iters", "2", "--out", "t2", *FAST])
+    assert rc == 1 and "pass --yes" in capsys.readouterr().err  # no terminal to ask on
+    rc = main(["train", str(repo), "--resume", "--out", "t2", "--yes", *FAST])
+    assert rc == 1 and "no interrupted run named 't2'" in capsys.readouterr().err
+    rc = main(["train", str(repo), "--out", "bad/name", "--yes", *FAST])
+    assert rc == 2 and "invalid model name" in capsys.readouterr().err
+
+
+def test_resume_against_changed_repositories_is_refused(tmp_path: Path, tiny_model_file: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    repo = _repo(tmp_path, n=3)
+    args = ["train", str(repo), "--init-from", str(tiny_model_file), "--yes", "--out", "t3", "--gate-lines", "0",
+            *FAST]
+    assert main([*args, "--max-iters", "2"]) == 0
+    assert main([*args, "--max-iters", "3", "--resume"]) == 0  # same data: continues
+    assert len(_losses("t3")) == 3
+    write(repo / "src" / "new_module.py", code_file(40))
+    capsys.readouterr()
+    assert main([*args, "--max-iters", "4", "--resume"]) == 1
+    assert "cannot resume: the training data changed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process(tmp_path: Path, tiny_model_file: Path) -> None:
+    repo = _repo(tmp_path)
+    common = ["train", str(repo), "--init-from", str(tiny_model_file), "--max-iters", "3", "--yes",
+              "--gate-lines", "0", *FAST]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "codeassist.cli.main", *common, "--out", "ddp"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "with 2 process(es)" in ddp.stdout and ddp.stdout.count("training tiny") == 1  # rank 0 speaks
+    assert main([*common, "--out", "single"]) == 0
+    two, one = _losses("ddp"), _losses("single")
+    assert len(two) == len(one) == 3
+    assert two == pytest.approx(one, abs=1e-4)  # the same global batch; only the sum order differs
