@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,20 @@ REPEATING = tuple(tok.encode(CODE))
 PLAIN = tuple(tok.encode("import os\nclass Config:\n    path = os.environ.get('HOME')\n"))
 LOOKUP = SpeculationParams(method="prompt_lookup", num_draft=6)
 DRAFT = SpeculationParams(method="draft", num_draft=4)
+OFF = SpeculationParams()
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "model" / "assets" / "default.safetensors"
 
 
-def request(prompt: tuple[int, ...], n: int, spec: SpeculationParams = SpeculationParams(),
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # these tests run many tiny ops; a second intra-op thread only spins on a shared 2-core machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def request(prompt: tuple[int, ...], n: int, spec: SpeculationParams = OFF,
             **kw: object) -> GenerationRequest:
     stop = kw.pop("stop", StopRules(max_new_tokens=n, stop_on_eos=False))
     return GenerationRequest(prompt=prompt, stop=stop, speculation=spec, **kw)  # type: ignore[arg-type]
@@ -192,7 +203,7 @@ def chi_square(samples: list[int], probs: torch.Tensor) -> float:
     return float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum())
 
 
-CRITICAL = 20.5  # chi-square, 5 degrees of freedom, p = 0.001
+CRITICAL = 25.7  # chi-square, 5 degrees of freedom, p = 0.0001
 V = 6
 TARGET = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, 1.5], [0.0, 2.5, 0.5, 1.0, 0.2, -0.5],
                        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
@@ -221,18 +232,21 @@ def first_two(verify: object, n_runs: int, model_draft: bool, seed: int = 0) -> 
 @pytest.mark.parametrize("model_draft", [False, True], ids=["lookup", "draft-model"])
 def test_speculative_sampling_keeps_the_target_distribution(model_draft: bool) -> None:
     p = torch.softmax(TARGET, -1)
-    first, second = first_two(verify_sampling, 6000, model_draft)
+    first, second = first_two(verify_sampling, 4000, model_draft)
     assert chi_square(first, p[0]) < CRITICAL
-    assert len(second) > 500
+    assert len(second) > 400
     assert chi_square(second, p[1]) < CRITICAL
 
 
-def test_the_distribution_check_catches_a_verifier_that_keeps_every_draft() -> None:
-    def keep_all(logits: torch.Tensor, draft: list[int], sampling: SamplingParams, q: object,
-                 gen: torch.Generator) -> tuple[int, int]:
-        return len(draft), int(torch.multinomial(torch.softmax(logits[-1], -1), 1, generator=gen))
+@pytest.mark.parametrize("model_draft", [False, True], ids=["lookup", "draft-model"])
+def test_the_distribution_check_catches_resampling_from_p_after_a_rejection(model_draft: bool) -> None:
+    """The classic mistake (a rejected draft redrawn from p, not from the residual) must fail."""
+    def from_p(logits: torch.Tensor, draft: list[int], sampling: SamplingParams, q: torch.Tensor | None,
+               gen: torch.Generator) -> tuple[int, int]:
+        n, _ = verify_sampling(logits, draft, sampling, q, gen)
+        return n, int(torch.multinomial(torch.softmax(logits[n], -1), 1, generator=gen))
 
-    first, _ = first_two(keep_all, 6000, True)
+    first, _ = first_two(from_p, 4000, model_draft)
     assert chi_square(first, torch.softmax(TARGET[0], -1)) > CRITICAL
 
 
