@@ -81,6 +81,7 @@ def _load(state: ServerState, load_engine: Callable[[], Engine]) -> None:
         import torch
 
         engine = load_engine()
+        _warm_up()
         state.model_name = state.settings.served_name or engine.name
         state.block_size = engine.config.block_size
         state.gpu_available = torch.cuda.is_available()
@@ -90,6 +91,14 @@ def _load(state: ServerState, load_engine: Callable[[], Engine]) -> None:
     except Exception as exc:
         state.load_error = str(exc) or type(exc).__name__
         log.error("the model failed to load: %s", state.load_error)
+
+
+def _warm_up() -> None:
+    """Build the tokenizer and the token-healing index now, not on a user's first request."""
+    from codeassist.model import tokenizer as tok
+    from codeassist.model.healing import allowed_tokens
+
+    allowed_tokens(tok.token_bytes(tok.encode(" return")[0]))
 
 
 def create_app(settings: ServerSettings, load_engine: Callable[[], Engine] | None = None) -> FastAPI:
