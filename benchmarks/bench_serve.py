@@ -1,6 +1,7 @@
 """Team server under load: continuous batching against the same server taking one request at a time.
 
     .venv/bin/python benchmarks/bench_serve.py [--model PATH] [--clients 16] [--requests 2]
+    BENCH_DEVICE=cuda .venv/bin/python benchmarks/bench_serve.py --preset gpt2 --levels 1,16,64
 
 Starts `codeassist serve` twice on loopback (--max-batch 16, then --max-batch 1), and drives
 each with N concurrent clients sending completion-shaped requests: a window of about 300
@@ -169,6 +170,23 @@ def run_overload(model: Path, max_batch: int, max_queue: int, texts: list[str]) 
         raise SystemExit("overload produced answers other than 200 and 429 with Retry-After")
 
 
+def run_levels(model: Path, levels: list[int], requests: int) -> None:
+    """One batching server (max batch = the largest level), tokens/s at each concurrency."""
+    server = Server(model, max_batch=max(levels), max_queue=4 * max(levels))
+    texts = prompts(max(levels) * requests, seed=1)
+    try:
+        server.wait_ready()
+        asyncio.run(drive(server.url, [texts[:1]]))  # warm-up
+        for n in levels:
+            per_client = [texts[i * requests:(i + 1) * requests] for i in range(n)]
+            tally, wall = asyncio.run(drive(server.url, per_client))
+            print(f"{n:>3} concurrent clients: {tally.tokens / wall:8.1f} tok/s  "
+                  f"p50 {pct(tally.latencies, 0.5) * 1e3:6.0f} ms  p99 {pct(tally.latencies, 0.99) * 1e3:6.0f} ms  "
+                  f"errors {len(tally.errors)}")
+    finally:
+        server.stop()
+
+
 def random_default_model(folder: Path, preset: str) -> Path:
     from codeassist.model.checkpoint import ModelFileError, read_info, save_model
     from codeassist.model.config import get_preset
@@ -194,10 +212,14 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--requests", type=int, default=2, help="requests per client in each mode")
     ap.add_argument("--skip-overload", action="store_true")
+    ap.add_argument("--levels", help="instead: tokens/s of one batching server at these client counts, e.g. 1,16,64")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("CODEASSIST_HOME", tmp)
         model = Path(args.model) if args.model else random_default_model(Path(tmp), args.preset)
+        if args.levels:
+            run_levels(model, [int(x) for x in args.levels.split(",")], args.requests)
+            return
         texts = prompts(args.clients * args.requests)
         per_client = [texts[i * args.requests:(i + 1) * args.requests] for i in range(args.clients)]
         print(f"model {model.name}, {args.clients} concurrent clients x {args.requests} requests, "
