@@ -206,6 +206,9 @@ def _completion_items(line_prefix: str, pos: types.Position, result: Completion)
 # -- running ---------------------------------------------------------------------------------------
 
 async def _serve(server: CodeassistServer, start_pump: Callable[[Inbox], None]) -> int:
+    # The engine thread runs Python between kernels; a short GIL switch interval lets the event
+    # loop answer (status, cancels, cache hits) within a millisecond or two of a request arriving.
+    sys.setswitchinterval(0.0005)
     server.inbox = asyncio.Queue()
     server.backend.start()  # eager: the model loads while the editor initialises
     asyncio.get_running_loop().run_in_executor(None, tok.get_encoding)  # and the tokenizer

@@ -1,6 +1,7 @@
 """The server process against hostile or broken clients (RELIABILITY.md), with the fake backend."""
 
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
@@ -18,7 +19,7 @@ URI = "file:///tmp/robust.py"
 
 
 def server_cmd(*extra: str) -> list[str]:
-    return [sys.executable, "-m", "codeassist.cli.main", "lsp", "--stdio", *extra]
+    return [sys.executable, "-m", "codeassist.cli.main", "lsp", *extra]
 
 
 @pytest.fixture
@@ -183,3 +184,36 @@ async def test_missing_model_still_answers_and_says_why(tmp_path: Path) -> None:
         assert (await asyncio.wait_for(inline(client, 0, 4)[1], 5))["items"] == []
     finally:
         assert await client.close() == 0
+
+
+async def test_tcp_transport_binds_loopback_and_serves_one_editor() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *server_cmd("--tcp", ":0", "--backend", "fake"),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+        host, port = line.rsplit(" ", 1)[-1].strip().rsplit(":", 1)
+        assert host == "127.0.0.1"
+        reader, writer = await asyncio.open_connection(host, int(port))
+
+        async def call(msg_id: int, method: str, params: object) -> dict:
+            writer.write(frame({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}))
+            await writer.drain()
+            header = await reader.readuntil(b"\r\n\r\n")
+            length = int(header.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            return json.loads(await reader.readexactly(length))
+
+        assert "capabilities" in (await call(1, "initialize", {"processId": None, "capabilities": {}}))["result"]
+        assert (await call(2, "codeassist/status", {}))["result"]["backend"] == "fake"
+        await call(3, "shutdown", None)
+        writer.write(frame({"jsonrpc": "2.0", "method": "exit"}))
+        await writer.drain()
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
