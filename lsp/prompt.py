@@ -13,6 +13,8 @@ returns only what follows it.
 from __future__ import annotations
 
 import bisect
+import functools
+import itertools
 from dataclasses import dataclass
 
 from codeassist.lsp.context import CompletionContext
@@ -82,11 +84,8 @@ def _stable_cut(ctx: CompletionContext, room: int) -> int:
     ids = tok.encode(prefix)
     if len(ids) <= room:
         return 0
-    starts: list[int] = []  # byte offset of each token's start
-    pos = 0
-    for t in ids:
-        starts.append(pos)
-        pos += len(tok.token_bytes(t))
+    lengths = _token_lengths()
+    starts = list(itertools.accumulate((lengths[t] for t in ids[:-1]), initial=0))  # byte offsets
     ascii_only = prefix.isascii()
     first = -ctx.prefix_offset % CUT_QUANTUM
     for c in range(first, len(prefix), CUT_QUANTUM):
@@ -96,6 +95,19 @@ def _stable_cut(ctx: CompletionContext, room: int) -> int:
         if len(ids) - bisect.bisect_left(starts, b) <= room - 4:  # small margin: estimates can differ
             return cut
     return max(0, prefix.rfind("\n") + 1)
+
+
+def warm_up_prompts() -> None:
+    """Load the tokenizer and the token-length table before the first request needs them."""
+    tok.get_encoding()
+    _token_lengths()
+
+
+@functools.cache
+def _token_lengths() -> list[int]:
+    """Byte length of every token id (specials and padding count 0)."""
+    return [0 if tok.is_special(i) or i > tok.FIM_SUFFIX_ID else len(tok.token_bytes(i))
+            for i in range(tok.VOCAB_SIZE)]
 
 
 def _snippet_ids(ctx: CompletionContext, room: int) -> list[int]:

@@ -21,6 +21,7 @@ from pygls.lsp.server import LanguageServer
 from codeassist.lsp.backends import Backend, make_backend
 from codeassist.lsp.context import Snippet, build_context, cursor_offset, index_to_units
 from codeassist.lsp.pipeline import Completion, Pipeline
+from codeassist.lsp.prompt import warm_up_prompts
 from codeassist.lsp.protocol import HardenedProtocol
 from codeassist.lsp.settings import Settings, parse_settings
 from codeassist.lsp.snippets import query_lines, rank_snippets
@@ -33,7 +34,6 @@ from codeassist.lsp.transport import (
     start_stdin_pump,
     watch_process,
 )
-from codeassist.model import tokenizer as tok
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ async def _serve(server: CodeassistServer, start_pump: Callable[[Inbox], None]) 
     sys.setswitchinterval(0.0005)
     server.inbox = asyncio.Queue()
     server.backend.start()  # eager: the model loads while the editor initialises
-    asyncio.get_running_loop().run_in_executor(None, tok.get_encoding)  # and the tokenizer
+    asyncio.get_running_loop().run_in_executor(None, warm_up_prompts)  # and the tokenizer
     start_pump(server.inbox)
     await pump_messages(server.inbox, server.protocol.handle_body, server.protocol.report_bad_input)
     for task in list(server._tasks):
