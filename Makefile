@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PACKAGES := cli model lsp training quantization remote
 
-.PHONY: demo test test-deps lint typecheck pytest install clean
+.PHONY: demo test test-deps editor-apt editor-deps lint typecheck pytest install clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,7 +42,32 @@ test-deps:
 	    apt-get install -y -qq neovim >/dev/null 2>&1; }; }; } || \
 	  echo "test-deps: could not install Debian's neovim; the Neovim 0.7 test will skip"
 
-pytest: $(STAMP) test-deps
+# The editor tests' tools (tests/editors): Debian's chromium, ripgrep, and the headers that
+# code-server's native modules build against; the VS Code extension's npm packages and code-server
+# with playwright-core, each `npm ci` from its committed lockfile and redone only when that changes.
+# Without root or apt-get the packages are not installed, and the editor tests fail saying what is missing.
+EXT := vscode-extension
+EDITOR_APT := chromium ripgrep g++ make pkg-config libkrb5-dev libx11-dev libxkbfile-dev libsecret-1-dev
+
+editor-apt:
+	@missing=$$(for p in $(EDITOR_APT); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	[ -z "$$missing" ] || { echo "editor-apt: installing $$missing"; \
+	  { apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && \
+	    apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }; } || \
+	  echo "editor-apt: could not install $$missing; the editor tests will fail"; }
+
+$(EXT)/node_modules/.ci-stamp: $(EXT)/package-lock.json | editor-apt
+	cd $(EXT) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(EXT)/e2e/node_modules/.ci-stamp: $(EXT)/e2e/package-lock.json | editor-apt
+	$(EXT)/e2e/install.sh >/dev/null
+	touch $@
+
+editor-deps: test-deps $(EXT)/node_modules/.ci-stamp $(EXT)/e2e/node_modules/.ci-stamp
+
+pytest: $(STAMP) test-deps editor-deps
 	$(PY) -m pytest -q
 
 test: lint typecheck pytest

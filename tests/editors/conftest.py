@@ -1,0 +1,29 @@
+"""Fixtures for the editor tests: the extension's node_modules and the packaged .vsix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .paths import EXTENSION, npm
+
+
+@pytest.fixture(scope="session")
+def extension_modules() -> Path:
+    """vscode-extension/node_modules, installed from the lockfile by `make editor-deps`."""
+    modules = EXTENSION / "node_modules"
+    if not (modules / ".bin" / "tsc").exists():
+        pytest.fail("vscode-extension/node_modules is missing: run `make editor-deps` (npm ci from the lockfile)")
+    return modules
+
+
+@pytest.fixture(scope="session")
+def vsix(extension_modules: Path) -> Path:
+    """Builds the .vsix once per session (esbuild bundle + @vscode/vsce, offline)."""
+    out = EXTENSION / "codeassist.vsix"
+    out.unlink(missing_ok=True)
+    proc = npm(["run", "package"], EXTENSION, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert out.exists()
+    return out

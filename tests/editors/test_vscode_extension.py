@@ -1,0 +1,49 @@
+"""The VS Code extension's build: lint, unit tests, and the packaged .vsix."""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+
+from codeassist.lsp.settings import _KEYS, _REMOTE_KEYS
+
+from .paths import EXTENSION, npm
+
+# Server keys that are for benchmarks or sent from SecretStorage, not user settings.
+NOT_CONTRIBUTED = {"timeBudgetMs", "cache", "prefixReuse", "remote.apiKey"}
+
+
+def test_lint_and_unit_tests_pass(extension_modules: Path) -> None:
+    lint = npm(["run", "lint"], EXTENSION, timeout=300)
+    assert lint.returncode == 0, lint.stdout[-3000:] + lint.stderr[-3000:]
+    unit = npm(["test"], EXTENSION, timeout=300)
+    assert unit.returncode == 0, unit.stdout[-4000:] + unit.stderr[-2000:]
+    passed = re.search(r"^# pass (\d+)$", unit.stdout, re.M)
+    failed = re.search(r"^# fail (\d+)$", unit.stdout, re.M)
+    assert passed and failed, unit.stdout[-2000:]
+    assert int(failed.group(1)) == 0
+    assert int(passed.group(1)) >= 20  # the node --test suites in vscode-extension/test all ran
+
+
+def test_vsix_holds_the_bundle_and_the_contract_settings(vsix: Path) -> None:
+    with zipfile.ZipFile(vsix) as z:
+        names = set(z.namelist())
+        manifest = json.loads(z.read("extension/package.json"))
+        bundle = z.read("extension/dist/extension.js").decode()
+    assert "extension/dist/extension.js" in names
+    assert not any("node_modules" in n or n.endswith(".ts") for n in names), sorted(names)
+    assert manifest["main"] == "./dist/extension.js"
+    assert "vscode-languageclient" in manifest["dependencies"]
+    # vscode-languageclient is bundled, and its inline completion feature with it
+    assert "textDocument/inlineCompletion" in bundle
+    contributed = set(manifest["contributes"]["configuration"]["properties"])
+    server_keys = set(_KEYS) | set(_REMOTE_KEYS)
+    missing = {k for k in server_keys - NOT_CONTRIBUTED if f"codeassist.{k}" not in contributed}
+    assert not missing, f"server settings without a VS Code setting: {sorted(missing)}"
+    assert "codeassist.remote.apiKey" not in contributed  # the key lives in SecretStorage
+    commands = {c["command"] for c in manifest["contributes"]["commands"]}
+    for needed in ("enable", "disable", "enableLanguage", "disableLanguage", "restartServer", "showStatus",
+                   "showLog", "chooseModel", "triggerCompletion", "setApiKey", "installServer"):
+        assert f"codeassist.{needed}" in commands
