@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -96,7 +97,8 @@ class Handle:
             self._wake.notify()
 
     def _put(self, index: int, event: Event) -> None:  # from the worker thread
-        self._loop.call_soon_threadsafe(self._events.put_nowait, (index, event))
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
+            self._loop.call_soon_threadsafe(self._events.put_nowait, (index, event))
 
     async def next(self) -> tuple[int, Event]:
         return await self._events.get()
@@ -134,6 +136,7 @@ class Scheduler:
         self._batch: BatchState | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._live = 0  # sequences submitted and not yet answered (waiting, being prefilled, running)
         self.accepting = False
         self.block_size = 0
 
@@ -160,6 +163,7 @@ class Scheduler:
                 raise QueueFull(self.retry_after_s())
             handle = Handle(loop, self._cond)
             self._waiting.extend(_Seq(j, handle, i, self._device) for i, j in enumerate(jobs))
+            self._live += len(jobs)
             self.metrics.queued.set(len(self._waiting))
             self._cond.notify()
         return handle
@@ -171,7 +175,11 @@ class Scheduler:
     @property
     def in_flight(self) -> int:
         with self._cond:
-            return len(self._waiting) + len(self._running)
+            return self._live
+
+    def _answered(self, count: int = 1) -> None:
+        with self._cond:
+            self._live -= count
 
     def stop_accepting(self) -> None:
         with self._cond:
@@ -216,6 +224,7 @@ class Scheduler:
             else:
                 self.metrics.reject("queue_timeout")
                 s.handle._put(s.index, Failed(503, "the request waited in the queue past its time limit"))
+                self._live -= 1  # (the lock is held here)
         admitted: list[_Seq] = []
         longest = 0
         while self._waiting and len(admitted) < self._batch.free:
@@ -316,6 +325,7 @@ class Scheduler:
         if seq.t_first is not None and seq.generated > 1:
             self.metrics.per_token.observe((now - seq.t_first) / (seq.generated - 1))
         seq.handle._put(seq.index, Finished(reason, len(seq.job.prompt), seq.generated))
+        self._answered()
 
     def _fail_all(self, admitted: list[_Seq]) -> None:
         """After a model error (or at stop): every held sequence gets a generic error; rows reset."""
@@ -331,4 +341,5 @@ class Scheduler:
         for s in doomed:
             self.metrics.finished.labels(reason="error").inc()
             s.handle._put(s.index, Failed(500, "the model failed on this request"))
+        self._answered(len(doomed))
         self.metrics.running.set(0)
