@@ -103,25 +103,12 @@ def quantize_int8(model: GPT) -> GPT | None:
 
 # -- table 1 --------------------------------------------------------------------------------------
 
-def best_of(n: int, fn: Callable[[], object]) -> float:
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def bench_ours(engine: Engine, prompt: list[int], new: int) -> tuple[float, float]:
-    """(prefill ms, decode tokens/s), cold cache each time."""
-    req = GenerationRequest(prompt=tuple(prompt), stop=StopRules(max_new_tokens=new, stop_on_eos=False))
-    prefills, decodes = [], []
-    for _ in range(3):
-        engine.reset_prefix()  # force a cold prefill
-        res = engine.generate(req)
-        prefills.append(res.prefill_ms)
-        decodes.append((len(res.tokens) - 1) / ((res.total_ms - res.first_token_ms) / 1e3))
-    return min(prefills), max(decodes)
+def run_ours(engine: Engine, prompt: list[int], new: int) -> tuple[float, float]:
+    """(prefill ms, decode seconds for the tokens after the first), cold cache."""
+    engine.reset_prefix()
+    res = engine.generate(GenerationRequest(prompt=tuple(prompt), stop=StopRules(max_new_tokens=new,
+                                                                                 stop_on_eos=False)))
+    return res.prefill_ms, (res.total_ms - res.first_token_ms) / 1e3
 
 
 @torch.inference_mode()
@@ -146,14 +133,26 @@ def hf_generate(hf: torch.nn.Module, prompt: list[int], n: int) -> tuple[list[in
 
 
 @torch.inference_mode()
-def bench_hf(hf: torch.nn.Module, prompt: list[int], new: int) -> tuple[float, float]:
-    """(prefill ms, decode tokens/s): generate(1) is its prefill; generate(new) - generate(1) its decode."""
+def bench_pair(engine: Engine, hf: torch.nn.Module, prompt: list[int], new: int,
+               rounds: int = 3) -> tuple[float, float, float, float]:
+    """Ours and transformers', interleaved round by round so both see the same machine load.
+
+    (our prefill ms, our decode tok/s, HF prefill ms, HF decode tok/s), the fastest round of each.
+    HF's prefill is generate(1) (prefill + one token, as ours); its decode is generate(new) - generate(1).
+    """
     ids = torch.tensor([prompt])
     hf(ids, attention_mask=torch.ones_like(ids), logits_to_keep=1)  # warm-up
     hf_generate(hf, prompt, 2)
-    first = min(hf_generate(hf, prompt, 1)[1] for _ in range(3))
-    total = min(hf_generate(hf, prompt, new)[1] for _ in range(2))
-    return first * 1e3, (new - 1) / max(1e-9, total - first)
+    run_ours(engine, prompt, 2)
+    pre, dec, hf_first, hf_total = [], [], [], []
+    for _ in range(rounds):
+        p, d = run_ours(engine, prompt, new)
+        pre.append(p)
+        dec.append(d)
+        hf_first.append(hf_generate(hf, prompt, 1)[1])
+        hf_total.append(hf_generate(hf, prompt, new)[1])
+    hf_dec = max(1e-9, min(hf_total) - min(hf_first))
+    return min(pre), (new - 1) / min(dec), min(hf_first) * 1e3, (new - 1) / hf_dec
 
 
 def bench_extend(engine: Engine, prompt: list[int], extra: int = 8) -> tuple[float, float]:
@@ -182,9 +181,8 @@ def foundation_table(shapes: list[str], prompt_len: int, new: int, naive_new: in
     for shape in shapes:
         ours, hf = hf_pair(shape)
         engine = Engine(ours, torch.device("cpu"), torch.float32)
-        pre, dec = bench_ours(engine, prompt, new)
+        pre, dec, hf_pre, hf_dec = bench_pair(engine, hf, prompt, new)
         naive = bench_naive(engine.model, prompt, naive_new)
-        hf_pre, hf_dec = bench_hf(hf, prompt, new)
         warm, cold = bench_extend(engine, prompt)
         params = sum(p.numel() for p in ours.parameters()) / 1e6
         print(f"{shape:8} {params:6.1f}M | {pre:10.1f} {dec:12.1f} | {naive:11.1f} {dec / naive:6.1f}x | "

@@ -7,6 +7,13 @@ accepting a suggestion and asking again costs only the new tokens.
 
 An Engine is not thread-safe: one worker thread owns it. Cancellation is a flag read after
 every token.
+
+Speculation (`GenerationRequest.speculation`, off by default; model/speculative.py) drafts tokens
+by prompt lookup or with a smaller draft model and verifies them in one forward pass. Every
+emitted token, drafted or not, passes the same stop checks, so a stop inside an accepted draft
+ends the output there. The per-token cost is one forward pass over a static KV cache plus one
+host synchronisation, for the token id that the stop rules must read (one per verify pass when
+speculating).
 """
 
 from __future__ import annotations
@@ -123,6 +130,8 @@ class Engine:
         if model is None:
             self.draft = None
             return
+        if model is self.model:
+            raise ValueError("the draft model must be a separate model: it keeps its own KV cache")
         if model.config.vocab_size != self.config.vocab_size:
             raise ValueError(f"the draft model's vocabulary ({model.config.vocab_size}) differs from the "
                              f"model's ({self.config.vocab_size}); it must use the same tokenizer")
@@ -261,8 +270,14 @@ class Engine:
                                 accepted_tokens=accepted, verify_steps=drafter.steps if drafter else 0)
 
     def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        """Several prompts decoded together in one batch (no prefix reuse)."""
+        """Several prompts decoded together in one batch (no prefix reuse).
+
+        Speculation is for one sequence: a lone request that asks for it takes the batch-1 path;
+        in a batch of several it is switched off (see `should_speculate`).
+        """
         with self._lock, torch.inference_mode():
+            if len(requests) == 1 and should_speculate(requests[0].speculation, 1):
+                return [self._generate(requests[0], None)]
             return self._generate_batch(requests)
 
     def _generate_batch(self, reqs: list[GenerationRequest]) -> list[GenerationResult]:

@@ -272,3 +272,13 @@ def test_sampled_speculative_generation_is_reproducible_and_valid() -> None:
 def test_draft_speculation_without_a_draft_model_is_refused() -> None:
     with pytest.raises(ValueError, match="no draft model"):
         Engine(make_tiny(0), torch.device("cpu")).generate(request(PLAIN, 4, DRAFT))
+
+
+def test_a_batch_decodes_without_speculation_and_a_lone_request_with_it() -> None:
+    engine = Engine(make_tiny(0), torch.device("cpu"))
+    plain = [engine.generate(request(p, 12)).tokens for p in (REPEATING, PLAIN)]
+    batch = engine.generate_batch([request(REPEATING, 12, LOOKUP), request(PLAIN, 12, LOOKUP)])
+    assert [r.tokens for r in batch] == plain
+    assert all(r.verify_steps == 0 for r in batch)  # busy: switched off
+    (alone,) = engine.generate_batch([request(REPEATING, 12, LOOKUP)])
+    assert alone.tokens == plain[0] and alone.verify_steps > 0
