@@ -19,11 +19,11 @@ def extension_modules() -> Path:
 
 
 @pytest.fixture(scope="session")
-def vsix(extension_modules: Path) -> Path:
-    """Builds the .vsix once per session (esbuild bundle + @vscode/vsce, offline)."""
-    out = EXTENSION / "codeassist.vsix"
-    out.unlink(missing_ok=True)
-    proc = npm(["run", "package"], EXTENSION, timeout=300)
+def vsix(extension_modules: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Builds the .vsix once per session (esbuild bundle + @vscode/vsce, offline), into a temporary
+    folder so that a concurrent run in the same checkout cannot swap it mid-install."""
+    out = tmp_path_factory.mktemp("vsix") / "codeassist.vsix"
+    proc = npm(["run", "package", "--", "--out", str(out)], EXTENSION, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert out.exists()
     return out

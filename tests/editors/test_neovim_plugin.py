@@ -52,9 +52,23 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"  # nothing listens there any more
 
 
-def run_lua(exe: str, script: str, tmp_path: Path) -> dict:
+def readme_block(name: str, tmp_path: Path) -> Path:
+    """The Lua block after `<!-- tested: NAME` in the plugin's README, with the server command
+    pointed at the real codeassist-lsp and its deterministic fake backend."""
+    text = (PLUGIN / "README.md").read_text()
+    m = re.search(rf"<!-- tested: {name}\b[^\n]*-->\n```lua\n(.*?)```", text, re.S)
+    assert m, f"README.md has no tested {name} block"
+    original = 'cmd = { "codeassist-lsp" }'
+    assert original in m.group(1)
+    block = m.group(1).replace(original, f'cmd = {{ "{lsp_command()}", "--backend", "fake" }}')
+    path = tmp_path / f"{name}.lua"
+    path.write_text(block)
+    return path
+
+
+def run_lua(exe: str, script: str, tmp_path: Path, snippet: Path | None = None) -> dict:
     result = tmp_path / "result.json"
-    env = {**os.environ, "CODEASSIST_PLUGIN_DIR": str(PLUGIN), "CODEASSIST_LSP": str(lsp_command()),
+    env = {**os.environ, "CODEASSIST_SNIPPET": str(snippet or ""), "CODEASSIST_PLUGIN_DIR": str(PLUGIN), "CODEASSIST_LSP": str(lsp_command()),
            "CODEASSIST_WORKDIR": str(tmp_path), "CODEASSIST_TEST_RESULT": str(result),
            "CODEASSIST_DEAD_URL": closed_port_url(),
            "XDG_STATE_HOME": str(tmp_path / "state"), "XDG_CONFIG_HOME": str(tmp_path / "config"),
@@ -87,3 +101,14 @@ def test_ghost_text_keymaps_and_status(newer: bool, tmp_path: Path) -> None:
 def test_bad_states_are_visible(newer: bool, tmp_path: Path) -> None:
     got = run_lua(find_nvim(newer), "states_test.lua", tmp_path)
     assert_all_passed(got, minimum=13)
+
+
+@pytest.mark.parametrize("newer", [False, True], ids=["nvim-0.7", "nvim-0.11+"])
+def test_readme_plugin_setup_block(newer: bool, tmp_path: Path) -> None:
+    got = run_lua(find_nvim(newer), "readme_test.lua", tmp_path, readme_block("plugin", tmp_path))
+    assert_all_passed(got, minimum=3)
+
+
+def test_readme_native_inline_completion_block(tmp_path: Path) -> None:
+    got = run_lua(find_nvim(True), "readme_test.lua", tmp_path, readme_block("native", tmp_path))
+    assert_all_passed(got, minimum=3)

@@ -62,7 +62,8 @@ check("the .vsix installs", install.status === 0 && fs.readdirSync(dirs.extensio
 
 // 2. User settings: our server, and no suggest widget competing with the ghost text for Tab.
 fs.mkdirSync(path.join(dirs.userdata, "User"), { recursive: true });
-fs.writeFileSync(path.join(dirs.userdata, "User", "settings.json"), JSON.stringify({
+const settingsFile = path.join(dirs.userdata, "User", "settings.json");
+const settings = {
   "codeassist.server.command": path.resolve(opt.server),
   "codeassist.server.args": opt["server-arg"],
   "codeassist.status.pollMs": 1000,
@@ -77,7 +78,8 @@ fs.writeFileSync(path.join(dirs.userdata, "User", "settings.json"), JSON.stringi
   "extensions.autoUpdate": false,
   "chat.commandCenter.enabled": false,
   "files.autoSave": "off",
-}, null, 2));
+};
+fs.writeFileSync(settingsFile, JSON.stringify(settings, null, 2));
 const file = path.join(dirs.workspace, "hello.py");
 fs.writeFileSync(file, "import os\n\n\n");
 
@@ -110,7 +112,21 @@ async function waitFor(what, fn, ms = WAIT) {
 const port = await freePort();
 const server = spawn(process.execPath, [entry, "--config", configFile, "--bind-addr", `127.0.0.1:${port}`, "--auth", "none",
   "--user-data-dir", dirs.userdata, "--extensions-dir", dirs.extensions, "--disable-telemetry",
-  "--disable-update-check", "--disable-workspace-trust", dirs.workspace], { stdio: ["ignore", "pipe", "pipe"] });
+  "--disable-update-check", "--disable-workspace-trust", dirs.workspace], { stdio: ["ignore", "pipe", "pipe"], detached: true });
+// code-server starts its own children (extension host, language server): end the whole group.
+function stopServer() {
+  try {
+    process.kill(-server.pid, "SIGTERM");
+  } catch {
+    // already gone
+  }
+}
+for (const sig of ["SIGTERM", "SIGINT"]) {
+  process.on(sig, () => {
+    stopServer();
+    process.exit(1);
+  });
+}
 const serverLog = fs.createWriteStream(path.join(artifacts, "code-server.log"));
 server.stdout.pipe(serverLog);
 server.stderr.pipe(serverLog);
@@ -202,6 +218,7 @@ try {
   result.statusBar.push(off);
   check("disabling Python shows in the status bar", off.includes("codeassist: off"), off);
   await page.screenshot({ path: path.join(artifacts, "vscode-disabled.png") });
+
   exitCode = result.checks.every((c) => c.ok) ? 0 : 1;
 } catch (err) {
   check("the run completes", false, String(err).split("\n")[0]);
@@ -209,6 +226,6 @@ try {
 } finally {
   fs.writeFileSync(path.join(artifacts, "result.json"), JSON.stringify(result, null, 2));
   if (browser) await browser.close().catch(() => {});
-  server.kill("SIGTERM");
+  stopServer();
 }
 process.exit(exitCode);
