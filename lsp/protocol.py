@@ -64,7 +64,7 @@ class HardenedProtocol(LanguageServerProtocol):
         """One framed message: parse, check lifecycle, deserialise, dispatch. Never raises."""
         try:
             data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             self.report_bad_input("a message was not valid JSON")
             self._send_error(None, PARSE_ERROR, "Parse error: the message is not valid JSON")
             return

@@ -65,6 +65,12 @@ async def test_bad_json_is_answered_with_parse_error(ready: LspClient) -> None:
     assert errors and errors[0]["error"]["code"] == -32700 and errors[0]["id"] is None
 
 
+async def test_deeply_nested_json_is_a_parse_error(ready: LspClient) -> None:
+    ready.write(frame(b"[" * 200_000), raw=True)
+    await still_usable(ready)
+    assert [r["error"]["code"] for r in ready.responses if "error" in r] == [-32700]
+
+
 async def test_one_gib_content_length_does_not_hang(ready: LspClient) -> None:
     ready.write(b"Content-Length: 1073741824\r\n\r\n" + b"x" * 4096, raw=True)
     t0 = time.perf_counter()
