@@ -42,12 +42,12 @@ test-deps:
 	    apt-get install -y -qq neovim >/dev/null 2>&1; }; }; } || \
 	  echo "test-deps: could not install Debian's neovim; the Neovim 0.7 test will skip"
 
-# The editor tests' tools (tests/editors): Debian's chromium, ripgrep, and the headers that
+# The editor tests' tools (tests/editors): Debian's chromium, ripgrep, emacs with eglot, and the headers that
 # code-server's native modules build against; the VS Code extension's npm packages and code-server
 # with playwright-core, each `npm ci` from its committed lockfile and redone only when that changes.
 # Without root or apt-get the packages are not installed, and the editor tests fail saying what is missing.
 EXT := vscode-extension
-EDITOR_APT := chromium ripgrep g++ make pkg-config libkrb5-dev libx11-dev libxkbfile-dev libsecret-1-dev
+EDITOR_APT := chromium ripgrep g++ make pkg-config libkrb5-dev libx11-dev libxkbfile-dev libsecret-1-dev emacs-nox elpa-eglot
 
 editor-apt:
 	@missing=$$(for p in $(EDITOR_APT); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
