@@ -19,12 +19,14 @@ so the stored numbers are exactly what runs. Kernels, chosen by the device the i
     int8 on CPU   dynamic int8 (quantized::linear_dynamic): 5x fp32 at batch 1 on this machine.
                   Its packed weights are an opaque object, so they are made from the stored int8
                   weights on first use and cached per device.
-    int8 on CUDA  weight-only int8 with the dequantization fused (torch._weight_int8pack_mm).
+    int8 on CUDA  weight-only int8 with the dequantization fused into the matmul tiles: a Triton
+                  kernel (model/quantized_triton.py), else torch._weight_int8pack_mm.
     int4 on CPU   torch._weight_int4pack_mm_for_cpu with bfloat16 activations.
     int4 on CUDA  torch._weight_int4pack_mm (tinygemm), bfloat16.
     anything else the dequantized reference (slow, correct).
 
-The CUDA paths are written to torch's documented signatures but were not run on a GPU here.
+The CUDA paths were not run on a GPU here: the Triton kernel was checked with Triton's CPU
+interpreter, and the int4 one follows torch's tinygemm conventions (as torchao/gpt-fast call it).
 
 The embedding is tied to the output head: the head runs the quantized matmul and the embedding
 looks up and dequantizes only the rows it needs, so the table is stored once, quantized.
@@ -43,6 +45,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from codeassist.model import quantized_triton
 from codeassist.model.checkpoint import QUANTIZED_LOADERS, ModelFileError, ModelInfo
 from codeassist.model.config import ModelConfig
 from codeassist.model.gpt import GPT
@@ -118,11 +121,16 @@ def _int8_pack_cpu(qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tens
         return torch.ops.quantized.linear_prepack(qw, b)
 
 
-def _int8_cuda(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    # weight-only int8, dequantized inside the kernel; x: (M, K), qweight: (N, K), scales: (N,)
+def _int8_cuda(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+               bias: torch.Tensor | None) -> torch.Tensor:
+    """Weight-only int8, dequantized inside the kernel; x: (M, K), qweight: (N, K), scales: (N,)."""
     if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         x = x.float()
-    return torch._weight_int8pack_mm(x.contiguous(), qweight, scales.to(x.dtype))
+    if x.is_cuda and quantized_triton.is_available():
+        return quantized_triton.int8_mm(x, qweight, scales, bias)
+    # torch's own fused kernel (CPU and CUDA builds); correct, but its CUDA version is naive
+    y = torch._weight_int8pack_mm(x.contiguous(), qweight, scales.to(x.dtype))
+    return y if bias is None else y + bias.to(y.dtype)
 
 
 def _inner_k_tiles(K: int) -> int:
@@ -190,9 +198,8 @@ class Int8Linear(nn.Module):
                 return y if x.dtype == torch.float32 else y.to(x.dtype)
         elif x.device.type == "cuda":
             try:
-                y = _int8_cuda(x.reshape(-1, self.in_features), self.qweight, self.scales)
-                y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
-                return y if self.bias is None else y + self.bias.to(x.dtype)
+                y = _int8_cuda(x.reshape(-1, self.in_features), self.qweight, self.scales, self.bias)
+                return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
             except RuntimeError as exc:
                 _warn_once("int8-cuda", f"the fused int8 CUDA kernel failed ({exc}); using dequantized weights")
         return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))

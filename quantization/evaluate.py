@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -85,6 +86,10 @@ class Speed:
     prefill_ms: float  # best of the rounds, for a prompt of `prompt_tokens` with nothing cached
     decode_tps: float  # best of the rounds: tokens/s after the first token, batch 1
     prompt_tokens: int
+    # the same on the process's CPU clock: what an idle core would give (exact with one thread;
+    # with more, CPU time adds up over threads and these understate the speed)
+    prefill_cpu_ms: float = 0.0
+    decode_cpu_tps: float = 0.0
 
 
 def _prompts(text_ids: Sequence[int], n: int, length: int) -> list[tuple[int, ...]]:
@@ -109,16 +114,22 @@ def measure_speed(engines: Sequence[Engine], text_ids: Sequence[int], prompt_tok
     block = min(e.config.block_size for e in engines)
     prompt_tokens = min(prompt_tokens, block - decode_tokens - 1)
     prompts = _prompts(text_ids, rounds + 1, prompt_tokens)
-    prefill: list[list[float]] = [[] for _ in engines]
-    decode: list[list[float]] = [[] for _ in engines]
+    wall: list[list[tuple[float, float]]] = [[] for _ in engines]  # (prefill ms, decode tok/s)
+    cpu: list[list[tuple[float, float]]] = [[] for _ in engines]
     for r, p in enumerate(prompts):
         for i, engine in enumerate(engines):
-            res = engine.generate(GenerationRequest(prompt=p, stop=StopRules(max_new_tokens=1)))
-            if r:  # round 0 packs kernels and allocates caches
-                prefill[i].append(res.prefill_ms)
-            res = engine.generate(GenerationRequest(prompt=p[:16], stop=StopRules(
+            c0 = time.process_time()
+            first = engine.generate(GenerationRequest(prompt=p, stop=StopRules(max_new_tokens=1)))
+            c1 = time.process_time()
+            # the decode request reuses 15 cached tokens: one token of prefill, then decode steps
+            dec = engine.generate(GenerationRequest(prompt=p[:16], stop=StopRules(
                 max_new_tokens=decode_tokens, stop_on_eos=False)))
-            if r and len(res.tokens) > 1:
-                decode[i].append((len(res.tokens) - 1) / max(1e-9, (res.total_ms - res.first_token_ms) / 1e3))
-    return [Speed(prefill_ms=min(pf), decode_tps=max(dc, default=0.0), prompt_tokens=len(prompts[0]))
-            for pf, dc in zip(prefill, decode, strict=True)]
+            c2 = time.process_time()
+            if r == 0 or len(dec.tokens) < 2:  # round 0 packs kernels and allocates caches
+                continue
+            decode_s = (dec.total_ms - dec.first_token_ms) / 1e3
+            wall[i].append((first.prefill_ms, (len(dec.tokens) - 1) / max(1e-9, decode_s)))
+            cpu[i].append(((c1 - c0) * 1e3, len(dec.tokens) / max(1e-9, c2 - c1)))
+    return [Speed(prefill_ms=min(x[0] for x in w), decode_tps=max(x[1] for x in w), prompt_tokens=len(prompts[0]),
+                  prefill_cpu_ms=min(x[0] for x in c), decode_cpu_tps=max(x[1] for x in c))
+            for w, c in zip(wall, cpu, strict=True)]

@@ -54,6 +54,8 @@ class Row:
     perplexity: float | None = None
     exact_match: float | None = None
     seconds: float = 0.0  # how long making this variant took (GPTQ calibration, mostly)
+    prefill_cpu_ms: float = 0.0
+    decode_cpu_tps: float = 0.0
 
 
 Progress = Callable[[str], None]
@@ -104,7 +106,8 @@ def quality_report(model: GPT, cfg: ReportConfig, calib_docs: list[Document] | N
             progress(f"{name}: perplexity {ppl:.3f}, exact match {100 * em:.1f}%")
     progress("timing all variants in turns")
     speeds = measure_speed(engines, eval_ids, cfg.prompt_tokens, cfg.decode_tokens, cfg.repeats)
-    return [replace(r, prefill_ms=s.prefill_ms, decode_tps=s.decode_tps) for r, s in zip(rows, speeds, strict=True)]
+    return [replace(r, prefill_ms=s.prefill_ms, decode_tps=s.decode_tps, prefill_cpu_ms=s.prefill_cpu_ms,
+                    decode_cpu_tps=s.decode_cpu_tps) for r, s in zip(rows, speeds, strict=True)]
 
 
 def speed_report(cfg: ReportConfig, progress: Progress = log.info) -> list[Row]:
@@ -124,21 +127,24 @@ def speed_report(cfg: ReportConfig, progress: Progress = log.info) -> list[Row]:
     del model
     progress(f"timing all variants in turns ({cfg.speed_shape} shape)")
     speeds = measure_speed(engines, ids, cfg.prompt_tokens, cfg.decode_tokens, cfg.repeats)
-    return [replace(r, prefill_ms=s.prefill_ms, decode_tps=s.decode_tps) for r, s in zip(rows, speeds, strict=True)]
+    return [replace(r, prefill_ms=s.prefill_ms, decode_tps=s.decode_tps, prefill_cpu_ms=s.prefill_cpu_ms,
+                    decode_cpu_tps=s.decode_cpu_tps) for r, s in zip(rows, speeds, strict=True)]
 
 
-HEADER = (f"{'variant':<18}{'size MB':>9}{'x fp32':>8}{'perplexity':>12}{'Δ ppl':>8}{'exact':>7}"
-          f"{'prefill ms':>12}{'decode tok/s':>14}{'x fp32':>8}")
+HEADER = (f"{'variant':<15}{'size MB':>8}{'x fp32':>7}{'perplexity':>11}{'Δ ppl':>8}{'exact':>7}"
+          f"{'prefill ms':>11}{'decode tok/s':>13}{'x fp32':>7}{'cpu: prefill ms':>16}{'tok/s':>7}{'x fp32':>7}")
 
 
 def format_row(row: Row, base: Row) -> str:
     size = row.size_bytes / 1e6
-    ppl = f"{row.perplexity:12.3f}" if row.perplexity is not None else f"{'-':>12}"
+    ppl = f"{row.perplexity:11.3f}" if row.perplexity is not None else f"{'-':>11}"
     dppl = (f"{100 * (row.perplexity / base.perplexity - 1):+7.2f}%"
             if row.perplexity is not None and base.perplexity else f"{'-':>8}")
     em = f"{100 * row.exact_match:6.1f}%" if row.exact_match is not None else f"{'-':>7}"
-    return (f"{row.name:<18}{size:9.1f}{row.size_bytes / base.size_bytes:8.3f}{ppl}{dppl}{em}"
-            f"{row.prefill_ms:12.1f}{row.decode_tps:14.1f}{row.decode_tps / max(1e-9, base.decode_tps):8.2f}")
+    return (f"{row.name:<15}{size:8.1f}{row.size_bytes / base.size_bytes:7.3f}{ppl}{dppl}{em}"
+            f"{row.prefill_ms:11.1f}{row.decode_tps:13.1f}{row.decode_tps / max(1e-9, base.decode_tps):7.2f}"
+            f"{row.prefill_cpu_ms:16.1f}{row.decode_cpu_tps:7.1f}"
+            f"{row.decode_cpu_tps / max(1e-9, base.decode_cpu_tps):7.2f}")
 
 
 def format_table(title: str, rows: list[Row]) -> str:

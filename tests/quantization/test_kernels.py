@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 import torch.nn as nn
@@ -101,8 +106,8 @@ def test_int8_cuda_entry_point_conventions_on_cpu() -> None:
     lin = _linear(128, 96)
     m = _int8(lin)
     x = torch.randn(4, 128, dtype=torch.bfloat16)
-    out = q._int8_cuda(x, m.qweight, m.scales)
-    ref = F.linear(x.float(), m.dequantize())
+    out = q._int8_cuda(x, m.qweight, m.scales, m.bias)
+    ref = F.linear(x.float(), m.dequantize(), m.bias)
     assert out.shape == (4, 96)
     assert _rel_err(out, ref) < 0.02
 
@@ -118,3 +123,32 @@ def test_embedding_rows_are_the_dequantized_table() -> None:
         rows = emb(idx)
         assert rows.shape == (2, 3, 64) and rows.dtype == torch.float32
         torch.testing.assert_close(rows, emb.dequantize()[idx])
+
+
+def test_int8_triton_kernel_in_the_interpreter() -> None:
+    """The CUDA kernel, run by Triton's CPU interpreter (only where Triton is installed).
+
+    A subprocess: Triton reads TRITON_INTERPRET when it is imported.
+    """
+    pytest.importorskip("triton")
+    script = textwrap.dedent("""
+        import torch
+        from torch.nn import functional as F
+        from codeassist.model.quantized_triton import int8_mm
+        from codeassist.quantization.rtn import quantize_int8
+        torch.manual_seed(0)
+        for M, N, K, dtype in [(1, 96, 128, torch.float32), (17, 200, 192, torch.float32),
+                               (3, 64, 128, torch.bfloat16)]:
+            w, b = torch.randn(N, K) * 0.02, torch.randn(N) * 0.01
+            qw, scales = quantize_int8(w)
+            x = torch.randn(M, K).to(dtype)
+            out = int8_mm(x, qw, scales, b)
+            ref = F.linear(x.float(), qw.float() * scales[:, None], b)
+            assert out.dtype == dtype and out.shape == (M, N)
+            err = float((out.float() - ref).norm() / ref.norm())
+            assert err < 0.01, (M, N, K, dtype, err)
+        print("ok")
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
