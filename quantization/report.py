@@ -41,6 +41,7 @@ class ReportConfig:
     prompt_tokens: int = 512
     decode_tokens: int = 64
     repeats: int = 3  # timing rounds (variants take turns; each keeps its best)
+    compare_float_head: bool = True  # add an int8 variant whose tied embedding / head stays fp32
     speed_shape: str | None = "gpt2"  # preset timed with random weights; None skips that table
     seed: int = 0
 
@@ -69,13 +70,15 @@ def _variant_files(model: GPT, cfg: ReportConfig, folder: Path, calib: torch.Ten
     out.append(("fp32", folder / "fp32.safetensors", torch.float32, 0.0))
     save_model(model, folder / "bf16.safetensors", dtype=torch.bfloat16)
     out.append(("bf16", folder / "bf16.safetensors", torch.bfloat16, 0.0))
-    methods = [("int8", "int8"), (f"int4-g{cfg.group_size}", "int4")]
+    methods = [("int8", "int8", cfg.head), (f"int4-g{cfg.group_size}", "int4", cfg.head)]
     if calib is not None:
-        methods.append((f"int4-gptq-g{cfg.group_size}", "gptq"))
-    for name, method in methods:
+        methods.append((f"int4-gptq-g{cfg.group_size}", "gptq", cfg.head))
+    if cfg.compare_float_head and cfg.head != "none":
+        methods.append(("int8-fp32head", "int8", "none"))  # what quantizing the tied head costs
+    for name, method, head in methods:
         progress(f"quantizing {name}")
         t0 = time.perf_counter()
-        q = quantize(model, method, cfg.group_size, cfg.head, calibration=calib,
+        q = quantize(model, method, cfg.group_size, head, calibration=calib,
                      gptq=GPTQConfig(group_size=cfg.group_size), progress=progress)
         q.save(model, folder / f"{name}.safetensors")
         out.append((name, folder / f"{name}.safetensors", torch.float32, time.perf_counter() - t0))
@@ -120,7 +123,8 @@ def speed_report(cfg: ReportConfig, progress: Progress = log.info) -> list[Row]:
     rows: list[Row] = []
     engines: list[Engine] = []
     with tempfile.TemporaryDirectory(prefix="codeassist-quant-") as tmp:
-        for name, path, dtype, seconds in _variant_files(model, cfg, Path(tmp), None, progress):
+        for name, path, dtype, seconds in _variant_files(model, replace(cfg, compare_float_head=False), Path(tmp),
+                                                         None, progress):
             loaded, _ = load_model(path)
             engines.append(Engine(loaded, torch.device("cpu"), dtype))
             rows.append(Row(name, path.stat().st_size, 0.0, 0.0, seconds=seconds))
