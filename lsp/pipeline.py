@@ -22,6 +22,10 @@ from codeassist.lsp.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# While typing (automatic requests) the user moves on sooner than when asking explicitly: a
+# suggestion cut at this budget is still shown, and typing through it continues it from the
+# suggestion cache and the engine's KV cache.
+TYPING_TIME_BUDGET_MS = 180
 DEFAULT_CONTEXT_TOKENS = 2048  # when a backend does not say (remote)
 _PY_BLOCK_STOPS = ("\n\n\n", "\ndef ", "\nclass ", "\nif __name__", "\n@")
 
@@ -60,8 +64,11 @@ class Pipeline:
         self.last_reason: str | None = None
         self._inflight: dict[str, asyncio.Task[Any]] = {}
 
-    async def complete(self, ctx: CompletionContext) -> Completion:
-        """Run for the current task; a newer call for the same document cancels this one."""
+    async def complete(self, ctx: CompletionContext, invoked: bool = False) -> Completion:
+        """Run for the current task; a newer call for the same document cancels this one.
+
+        `invoked`: the user asked explicitly (not a request made while typing); it gets the longer
+        time budget."""
         me = asyncio.current_task()
         old = self._inflight.get(ctx.uri)
         if old is not None and old is not me and not old.done():
@@ -69,7 +76,7 @@ class Pipeline:
         if me is not None:
             self._inflight[ctx.uri] = me
         try:
-            result = await self._complete(ctx)
+            result = await self._complete(ctx, invoked)
         finally:
             if self._inflight.get(ctx.uri) is me:
                 del self._inflight[ctx.uri]
@@ -77,7 +84,7 @@ class Pipeline:
         self.last_reason = result.reason
         return result
 
-    async def _complete(self, ctx: CompletionContext) -> Completion:
+    async def _complete(self, ctx: CompletionContext, invoked: bool) -> Completion:
         t0 = time.perf_counter()
         s = self.settings
         mode = completion_mode(ctx, s.multiline)
@@ -95,8 +102,9 @@ class Pipeline:
         max_tokens = s.max_tokens
         context_tokens = status.context_tokens or DEFAULT_CONTEXT_TOKENS
         prompt = build_prompt(ctx, min(s.max_prompt_tokens, context_tokens - max_tokens))
+        budget_ms = s.time_budget_ms if invoked else min(s.time_budget_ms, TYPING_TIME_BUDGET_MS)
         request = CompletionRequest(prompt=prompt, max_tokens=max_tokens, temperature=s.temperature,
-                                    stop=stop_strings(ctx, mode), time_budget_s=s.time_budget_ms / 1000,
+                                    stop=stop_strings(ctx, mode), time_budget_s=budget_ms / 1000,
                                     reuse_prefix=s.prefix_reuse)
         t1 = time.perf_counter()
         result = await self.backend.complete(request)

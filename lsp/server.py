@@ -166,7 +166,8 @@ def _register(server: CodeassistServer) -> None:
         if found is None:
             return types.InlineCompletionList(items=[])
         ctx, pos = found
-        completion = await ls.pipeline.complete(ctx)
+        invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+        completion = await ls.pipeline.complete(ctx, invoked)
         if not completion.text:
             return types.InlineCompletionList(items=[])
         item = types.InlineCompletionItem(insert_text=completion.text, range=types.Range(pos, pos))
@@ -178,7 +179,8 @@ def _register(server: CodeassistServer) -> None:
         if found is None:
             return types.CompletionList(is_incomplete=True, items=[])
         ctx, pos = found
-        result = await ls.pipeline.complete(ctx)
+        invoked = params.context is not None and params.context.trigger_kind == types.CompletionTriggerKind.Invoked
+        result = await ls.pipeline.complete(ctx, invoked)
         return types.CompletionList(is_incomplete=True, items=_completion_items(ctx.line_prefix, pos, result))
 
     @server.feature(STATUS_METHOD)

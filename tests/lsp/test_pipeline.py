@@ -84,3 +84,13 @@ async def test_latency_percentiles_are_kept() -> None:
         await pipe.complete(ctx(f"x{i} = \n", 5))
     assert pipe.latency.percentile(0.5) is not None
     assert pipe.latency.percentile(0.95) >= pipe.latency.percentile(0.5)  # type: ignore[operator]
+
+
+async def test_typing_requests_get_a_shorter_time_budget_than_invoked_ones() -> None:
+    from codeassist.lsp.pipeline import TYPING_TIME_BUDGET_MS
+
+    fake = FakeBackend(lambda r: "1")
+    pipe = Pipeline(fake, Settings(time_budget_ms=1500))
+    await pipe.complete(ctx("x = \n", 4))
+    await pipe.complete(ctx("y = \n", 4), invoked=True)
+    assert [r.time_budget_s for r in fake.requests] == [TYPING_TIME_BUDGET_MS / 1000, 1.5]
