@@ -89,7 +89,7 @@ function registerCommands(context: vscode.ExtensionContext, ctl: Controller, out
     "codeassist.installServer": () => {
       const terminal = vscode.window.createTerminal("codeassist install");
       terminal.show();
-      terminal.sendText(installCommand(ctl.pythonForInstall));
+      terminal.sendText(installCommand(ctl.pythonForInstall, String(configGetter()("server.installSource") ?? "")));
       void vscode.window.showInformationMessage(
         "codeassist: when the install finishes, run 'codeassist: Restart the language server'.",
       );

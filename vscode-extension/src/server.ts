@@ -70,8 +70,12 @@ export function resolveServer(get: ConfigGetter, env: NodeJS.ProcessEnv = proces
   return { ok: true, launch: { command: found, args: [...extra] } };
 }
 
-/** The shell command that installs the server into `python`'s environment. */
-export function installCommand(python: string): string {
-  const quoted = /[\s"'$`\\]/.test(python) ? `"${python.replace(/(["$`\\])/g, "\\$1")}"` : python;
-  return `${quoted} -m pip install --upgrade codeassist`;
+function shellQuote(word: string): string {
+  return /[\s"'$`\\]/.test(word) ? `"${word.replace(/(["$`\\])/g, "\\$1")}"` : word;
+}
+
+/** The shell command that installs the server into `python`'s environment from `source`
+ *  (a package name, wheel, folder or git URL; codeassist.server.installSource). */
+export function installCommand(python: string, source = "codeassist"): string {
+  return `${shellQuote(python)} -m pip install --upgrade ${shellQuote(source || "codeassist")}`;
 }

@@ -48,4 +48,6 @@ test("pythonPath runs the module and wins over the command", () => {
 test("the install command quotes a Python path with spaces", () => {
   assert.equal(installCommand("python3"), "python3 -m pip install --upgrade codeassist");
   assert.equal(installCommand("/opt/my py/bin/python"), '"/opt/my py/bin/python" -m pip install --upgrade codeassist');
+  assert.equal(installCommand("python3", "/src/my repo"), 'python3 -m pip install --upgrade "/src/my repo"');
+  assert.equal(installCommand("python3", ""), "python3 -m pip install --upgrade codeassist");
 });
