@@ -162,6 +162,15 @@ def _int4_kernel_fits(N: int, K: int, device: torch.device) -> bool:
     return device.type == "cuda" and N % 8 == 0 and K % 32 == 0
 
 
+def _reference_linear(layer: Int8Linear | Int4Linear, x: torch.Tensor) -> torch.Tensor:
+    """F.linear with the dequantized weight, kept between calls: the path when no kernel fits
+    (another device, an odd shape, a quantized engine PyTorch lacks). Costs float memory."""
+    key = (x.device, x.dtype, layer.qweight.data_ptr(), layer.scales.data_ptr())
+    if layer._dequantized is None or layer._dequantized[0] != key:
+        layer._dequantized = (key, layer.dequantize().to(x.device, x.dtype))
+    return F.linear(x, layer._dequantized[1], None if layer.bias is None else layer.bias.to(x.dtype))
+
+
 _warned: set[str] = set()
 
 
@@ -186,6 +195,7 @@ class Int8Linear(nn.Module):
         self.qweight: torch.Tensor
         self.scales: torch.Tensor
         self._kernel: tuple[tuple[Any, ...], Any] | None = None  # (key, packed) for the current device
+        self._dequantized: tuple[tuple[Any, ...], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
@@ -202,7 +212,7 @@ class Int8Linear(nn.Module):
                 return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
             except RuntimeError as exc:
                 _warn_once("int8-cuda", f"the fused int8 CUDA kernel failed ({exc}); using dequantized weights")
-        return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        return _reference_linear(self, x)
 
     def _cached(self, key: str, make: Any) -> Any:
         full_key = (key, self.qweight.device, self.qweight.data_ptr(), self.scales.data_ptr())
@@ -215,7 +225,7 @@ class Int8Linear(nn.Module):
         return self._kernel[1]
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._kernel = None
+        self._kernel = self._dequantized = None
         super()._load_from_state_dict(*args, **kwargs)
 
     def dequantize(self) -> torch.Tensor:
@@ -249,6 +259,7 @@ class Int4Linear(nn.Module):
         self.scales: torch.Tensor
         self.zeros: torch.Tensor
         self._kernel: tuple[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._dequantized: tuple[tuple[Any, ...], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
@@ -262,7 +273,7 @@ class Int4Linear(nn.Module):
                 y = _int4_mm(x.reshape(-1, self.in_features), packed, self.group_size, sz)
                 y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
                 return y if self.bias is None else y + self.bias.to(x.dtype)
-        return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        return _reference_linear(self, x)
 
     def _packed(self, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
         key = (dev, self.qweight.data_ptr(), self.scales.data_ptr(), self.zeros.data_ptr())
@@ -278,7 +289,7 @@ class Int4Linear(nn.Module):
         return self._kernel[1]
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._kernel = None
+        self._kernel = self._dequantized = None
         super()._load_from_state_dict(*args, **kwargs)
 
     def dequantize(self) -> torch.Tensor:

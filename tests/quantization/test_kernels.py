@@ -152,3 +152,16 @@ def test_int8_triton_kernel_in_the_interpreter() -> None:
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "TRITON_INTERPRET": "1"})
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+def test_int8_without_its_cpu_kernel_falls_back_to_dequantized_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unavailable(*_args: object) -> None:
+        raise RuntimeError("no such engine")
+
+    monkeypatch.setattr(q, "_int8_pack_cpu", unavailable)
+    lin = _linear(64, 32)
+    m = _int8(lin)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), F.linear(x, m.dequantize(), m.bias))
+        torch.testing.assert_close(m(x), F.linear(x, m.dequantize(), m.bias))  # cached the second time
