@@ -25,11 +25,11 @@ async def demo(path: Path, model: str | None) -> int:
     try:
         await client.initialize({"codeassist": {}})
         status = await client.wait_ready()
+        if not status.get("ready"):
+            print(f"the server answers, but the model is not ready: {status.get('lastReason')}")
+            return 1
         print(f"server started, model {status.get('model')!r} on {status.get('device')} ready after "
               f"{time.perf_counter() - t0:.1f} s")
-        if not status.get("ready"):
-            print(f"no completion: {status.get('lastReason')}")
-            return 1
         uri = path.resolve().as_uri()
         client.notify("textDocument/didOpen", {"textDocument": {
             "uri": uri, "languageId": LANGUAGES.get(path.suffix, "plaintext"), "version": 1, "text": text}})
