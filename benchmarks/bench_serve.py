@@ -61,7 +61,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "codeassist.cli", "serve", "--model", str(model), "--port", str(self.port),
-               "--max-batch", str(max_batch), "--max-queue", str(max_queue), "--request-timeout", "600",
+               "--max-batch", str(max_batch), "--max-queue", str(max_queue), "--request-timeout", "3600",
                "--log-level", "error", "--device", os.environ.get("BENCH_DEVICE", "auto")]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
 
@@ -121,7 +121,7 @@ async def client_loop(http: httpx.AsyncClient, texts: list[str], tally: Tally, r
 async def drive(url: str, per_client: list[list[str]], retry_429: bool = False) -> tuple[Tally, float]:
     tally = Tally()
     limits = httpx.Limits(max_connections=len(per_client) + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits) as http:
         t0 = time.perf_counter()
         await asyncio.gather(*(client_loop(http, texts, tally, retry_429) for texts in per_client))
         return tally, time.perf_counter() - t0
