@@ -138,12 +138,12 @@ async def test_server_exits_when_the_editor_process_is_gone(raw: LspClient) -> N
     assert await asyncio.wait_for(raw.proc.wait(), 10) != 0
 
 
-async def test_status_answers_while_a_generation_runs() -> None:
-    client = await LspClient.start(server_cmd("--backend", "fake", "--fake-delay-ms", "3000"))
+async def test_status_answers_while_a_generation_runs_and_cancel_stops_it() -> None:
+    client = await LspClient.start(server_cmd("--backend", "fake", "--fake-delay-ms", "30000"))
     try:
         await client.initialize()
         open_doc(client, "import os\nx = \n")
-        _, gen = inline(client, 1, 4)
+        gen_id, gen = inline(client, 1, 4)
         await asyncio.sleep(0.2)
         times = []
         for _ in range(100):
@@ -153,7 +153,10 @@ async def test_status_answers_while_a_generation_runs() -> None:
         assert not gen.done()  # every status answer came while the generation was still running
         print(f"codeassist/status during generation: p50 {statistics.median(times):.2f} ms, "
               f"p99 {sorted(times)[98]:.2f} ms")
-        assert (await asyncio.wait_for(gen, 10))["items"]
+        client.notify("$/cancelRequest", {"id": gen_id})
+        with pytest.raises(LspError) as err:
+            await asyncio.wait_for(gen, 5)  # long before the 30 s generation would end
+        assert err.value.code == -32800
     finally:
         await client.close()
 
