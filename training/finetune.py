@@ -201,13 +201,8 @@ def _gate_and_install(opts: FinetuneOptions, folder: Path, data: Path, out: Text
     from codeassist.training.gate import run_gate
 
     candidate = folder / "model.safetensors"
-    current = named_model_path(opts.out)
-    if not current.exists():
-        try:
-            current, _ = resolve_model("default")
-        except ModelFileError:
-            current = Path("/nonexistent")
-    if not current.exists():
+    current = _current_model(opts)
+    if current is None:
         install_model(candidate, opts.out, folder / "loss.png")
         print(f"installed as {opts.out!r} ({named_model_path(opts.out)}); there was no model to compare with",
               file=out)
@@ -222,6 +217,21 @@ def _gate_and_install(opts: FinetuneOptions, folder: Path, data: Path, out: Text
     print(f"installed as {opts.out!r} ({named_model_path(opts.out)}); the previous one is kept for "
           f"codeassist train --rollback --out {opts.out}", file=out)
     return 0
+
+
+def _current_model(opts: FinetuneOptions) -> Path | None:
+    """What the new model must beat: the user's model of that name, else the model it started
+    from, else (from scratch) the embedded default; None when there is none."""
+    if named_model_path(opts.out).exists():
+        return named_model_path(opts.out)
+    for name in ((opts.init_from,) if opts.init_from != "scratch" else ()) + ("default",):
+        try:
+            path, _ = resolve_model(name)
+        except ModelFileError:
+            continue
+        if path.is_file():
+            return path
+    return None
 
 
 def install_model(candidate: Path, name: str, curve: Path | None = None) -> Path:

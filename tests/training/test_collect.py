@@ -114,11 +114,15 @@ def test_content_filters_at_their_thresholds(data: bytes, rule: str | None) -> N
     assert content_rule(data) == rule
 
 
-def test_size_filter_at_its_threshold(tmp_path: Path) -> None:
+def test_size_filter_at_its_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert MAX_BYTES == 1 << 20
+    limit = 8192  # the same rule at a smaller limit: redacting 1 MiB twice is slow on a busy machine
+    monkeypatch.setattr(collect_mod, "MAX_BYTES", limit)
     body = "x = 1  # padding\n"
-    under = body * (MAX_BYTES // len(body))
+    under = body * (limit // len(body))
+    under += "#" * (limit - len(under) - 1) + "\n"  # exactly at the limit: kept
     write(tmp_path / "src" / "under.py", under)
-    write(tmp_path / "src" / "over.py", under + "y" * (MAX_BYTES - len(under) + 1))
+    write(tmp_path / "src" / "over.py", under + "y")
     result = collect([tmp_path / "src"])
     assert names(result) == ["src/under.py"]
     assert result.report.dropped["oversized"] == 1

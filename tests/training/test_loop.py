@@ -18,7 +18,7 @@ from codeassist.training.state import ResumeError, load_train_state
 # a model small enough that a step takes milliseconds
 SMALL = ModelConfig(block_size=64, vocab_size=128, n_layer=1, n_head=2, n_embd=32)
 CFG = TrainConfig(batch_size=2, seq_len=32, grad_accum=2, max_iters=8, lr=3e-3, min_lr=3e-4, warmup_iters=2,
-                  eval_interval=4, eval_batches=2, ckpt_interval=2, seed=5, autocast_bf16=False)
+                  eval_interval=4, eval_batches=2, ckpt_interval=4, seed=5, autocast_bf16=False)
 
 
 def data(seed: int = 0, n: int = 4000) -> np.ndarray:
@@ -62,7 +62,7 @@ def test_resume_reproduces_the_uninterrupted_losses_bitwise(tmp_path: Path) -> N
 
 def test_resume_refuses_other_settings_and_other_data(tmp_path: Path) -> None:
     with pytest.raises(Crash):
-        run(tmp_path, crash_at=3)
+        run(tmp_path, crash_at=5)
     with pytest.raises(ResumeError, match=r"settings differ .*\blr\b"):
         run(tmp_path, cfg=dataclasses.replace(CFG, lr=1e-2), resume=True)
     with pytest.raises(ResumeError, match="training data changed"):
@@ -92,26 +92,27 @@ def test_non_finite_losses_skip_steps_and_stop_after_several(tmp_path: Path,
     assert all(math.isfinite(v) for v in state.losses)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
-    def broken_after_3(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def broken_after_5(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         calls["n"] += 1
         loss = real(module, x, y)
-        return loss * math.inf if calls["n"] > 6 else loss  # steps 4, 5, ... are all non-finite
+        return loss * math.inf if calls["n"] > 10 else loss  # steps 6, 7, ... are all non-finite
 
     calls["n"] = 0
-    monkeypatch.setattr(loop, "_micro_loss", broken_after_3)
+    monkeypatch.setattr(loop, "_micro_loss", broken_after_5)
     cfg = dataclasses.replace(CFG, max_iters=20, max_bad_steps=3)
     with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row"):
         run(tmp_path / "stop", cfg=cfg)
     model = build_model(SMALL, seed=1)
     kept = load_train_state(tmp_path / "stop" / "state.safetensors", model, make_optimizer(model, cfg), cfg, SMALL)
-    assert kept.step == 2 and len(kept.losses) == 2  # the last good checkpoint
+    assert kept.step == 4 and len(kept.losses) == 4  # the last good checkpoint
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_the_last_n_checkpoints_are_kept(tmp_path: Path) -> None:
-    run(tmp_path, keep_checkpoints=3)
+    cfg = dataclasses.replace(CFG, max_iters=12)
+    run(tmp_path, cfg=cfg, keep_checkpoints=2)
     kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert kept == ["state-00000004.safetensors", "state-00000006.safetensors", "state-00000008.safetensors"]
+    assert kept == ["state-00000008.safetensors", "state-00000012.safetensors"]
     model = build_model(SMALL, seed=1)
-    old = load_train_state(tmp_path / "checkpoints" / kept[0], model, make_optimizer(model, CFG), CFG, SMALL)
-    assert old.step == 4
+    old = load_train_state(tmp_path / "checkpoints" / kept[0], model, make_optimizer(model, cfg), cfg, SMALL)
+    assert old.step == 8
