@@ -145,7 +145,7 @@ class LocalBackend:
         if cancel.is_set():
             return BackendResult("", "cancelled")
         if not request.reuse_prefix:
-            engine._cached = []  # benchmarks only: forget the KV prefix (no public reset yet)
+            engine.reset_prefix()  # benchmarks: measure what KV prefix reuse saves
         prompt = request.prompt
         req = GenerationRequest(
             prompt=prompt.ids, forced_prefix=prompt.forced.encode("utf-8"),
