@@ -71,15 +71,6 @@ def all_reduce_sum(env: DistEnv, values: list[float]) -> list[float]:
     return [float(x) for x in t.tolist()]
 
 
-def broadcast_object(env: DistEnv, obj: object) -> object:
-    """Rank 0's `obj` on every rank."""
-    if not env.is_distributed:
-        return obj
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def shutdown(env: DistEnv) -> None:
     if env.is_distributed and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

@@ -9,6 +9,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from codeassist.cli.main import main
@@ -109,3 +110,19 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path, tiny_model_fil
     two, one = _losses("ddp"), _losses("single")
     assert len(two) == len(one) == 3
     assert two == pytest.approx(one, abs=1e-4)  # the same global batch; only the sum order differs
+
+
+def test_init_from_a_quantized_model_dequantizes_it(tmp_path: Path) -> None:
+    from codeassist.model.config import get_preset
+    from codeassist.quantization.quantize import quantize
+    from codeassist.training.finetune import load_init_model
+    from codeassist.training.loop import build_model
+
+    base = build_model(get_preset("tiny"), seed=0)
+    quantize(base, "int8").save(base, tmp_path / "q.safetensors")
+    model, origin = load_init_model(str(tmp_path / "q.safetensors"), "default", 0)
+    assert origin == "q"
+    params = dict(model.named_parameters())
+    assert params and all(p.dtype == torch.float32 and p.requires_grad for p in params.values())
+    w, ref = params["transformer.h.0.mlp.c_fc.weight"], base.transformer.h[0].mlp.c_fc.weight
+    assert (w - ref).abs().max() < 0.05 * ref.abs().max()  # int8 round trip, now trainable floats
