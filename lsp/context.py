@@ -54,11 +54,6 @@ class CompletionContext:
         end = self.suffix.find("\n")
         return self.suffix if end < 0 else self.suffix[:end]
 
-    @property
-    def cursor_key(self) -> str:
-        """Identifies the cursor position in a document, for superseding requests."""
-        return self.uri
-
 
 def cursor_offset(text: str, line: int, character: int, encoding: str = "utf-16") -> tuple[int, int]:
     """(offset in code points, line) for an LSP position; out-of-range positions are clamped.

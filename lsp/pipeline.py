@@ -62,24 +62,26 @@ class Pipeline:
         self.cache = CompletionCache()
         self.latency = LatencyWindow()
         self.last_reason: str | None = None
-        self._inflight: dict[str, asyncio.Task[Any]] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Task[Any]] = {}
 
-    async def complete(self, ctx: CompletionContext, invoked: bool = False) -> Completion:
-        """Run for the current task; a newer call for the same document cancels this one.
+    async def complete(self, ctx: CompletionContext, invoked: bool = False, channel: str = "inline"
+                       ) -> Completion:
+        """Run for the current task; a newer call for the same document and channel cancels this one.
 
         `invoked`: the user asked explicitly (not a request made while typing); it gets the longer
-        time budget."""
+        time budget. `channel` keeps inline and classic completions from superseding each other."""
         me = asyncio.current_task()
-        old = self._inflight.get(ctx.uri)
+        key = (ctx.uri, channel)
+        old = self._inflight.get(key)
         if old is not None and old is not me and not old.done():
             old.cancel()
         if me is not None:
-            self._inflight[ctx.uri] = me
+            self._inflight[key] = me
         try:
             result = await self._complete(ctx, invoked)
         finally:
-            if self._inflight.get(ctx.uri) is me:
-                del self._inflight[ctx.uri]
+            if self._inflight.get(key) is me:
+                del self._inflight[key]
         self.latency.add(result.latency_ms)
         self.last_reason = result.reason
         return result

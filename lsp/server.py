@@ -180,7 +180,7 @@ def _register(server: CodeassistServer) -> None:
             return types.CompletionList(is_incomplete=True, items=[])
         ctx, pos = found
         invoked = params.context is not None and params.context.trigger_kind == types.CompletionTriggerKind.Invoked
-        result = await ls.pipeline.complete(ctx, invoked)
+        result = await ls.pipeline.complete(ctx, invoked, channel="classic")
         return types.CompletionList(is_incomplete=True, items=_completion_items(ctx.line_prefix, pos, result))
 
     @server.feature(STATUS_METHOD)

@@ -94,3 +94,11 @@ async def test_typing_requests_get_a_shorter_time_budget_than_invoked_ones() -> 
     await pipe.complete(ctx("x = \n", 4))
     await pipe.complete(ctx("y = \n", 4), invoked=True)
     assert [r.time_budget_s for r in fake.requests] == [TYPING_TIME_BUDGET_MS / 1000, 1.5]
+
+
+async def test_inline_and_classic_requests_do_not_supersede_each_other() -> None:
+    fake = FakeBackend(lambda r: "x", steps=5, step_s=0.01)
+    pipe = Pipeline(fake, Settings())
+    a = asyncio.ensure_future(pipe.complete(ctx()))
+    b = asyncio.ensure_future(pipe.complete(ctx(), channel="classic"))
+    assert [r.text for r in await asyncio.gather(a, b)] == ["x", "x"]
