@@ -164,10 +164,13 @@ export class Controller implements vscode.Disposable {
     const client = this.client;
     if (!client || !client.isRunning() || this.polling) return this.status;
     this.polling = true;
+    let timeout: NodeJS.Timeout | undefined;
     try {
       const status = await Promise.race([
         client.sendRequest<ServerStatus>(STATUS_METHOD, {}),
-        new Promise<never>((_, reject) => setTimeout(() => reject(new Error("timed out")), STATUS_TIMEOUT_MS)),
+        new Promise<never>((_, reject) => {
+          timeout = setTimeout(() => reject(new Error("timed out")), STATUS_TIMEOUT_MS);
+        }),
       ]);
       this.status = status;
       if (this.state !== "stopped") this.setState("running");
@@ -176,6 +179,7 @@ export class Controller implements vscode.Disposable {
         this.setState("unresponsive", `the server did not answer ${STATUS_METHOD} (${err instanceof Error ? err.message : String(err)})`);
       }
     } finally {
+      clearTimeout(timeout);
       this.polling = false;
     }
     return this.status;
