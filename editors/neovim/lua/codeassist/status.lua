@@ -63,6 +63,7 @@ function M.describe(state)
     short = short .. " - " .. reason
     if not M.is_ordinary(reason) then
       level = "warning"
+      lines[1] = "codeassist: ready, but " .. reason
     end
   end
   return { level = level, short = short, lines = lines }
