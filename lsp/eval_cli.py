@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     parser.add_argument("--no-cache", action="store_true", help="switch the suggestion cache off")
     parser.add_argument("--no-prefix-reuse", action="store_true", help="prefill the whole prompt every time")
+    parser.add_argument("--time-budget-ms", type=int, default=None,
+                        help="generation budget per request (the server's timeBudgetMs; default 1500)")
     parser.add_argument("--cases", action="store_true", help="with --json: include every sample")
     parser.add_argument("--backend", default=None, choices=["local", "fake"], help=argparse.SUPPRESS)
 
@@ -38,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
     if args.samples < 1 or args.chars < 1:
         raise UserError("--samples and --chars must be at least 1")
     cmd = harness.server_command(args.model, args.device, args.backend)
-    options = {"codeassist": {"cache": not args.no_cache, "prefixReuse": not args.no_prefix_reuse}}
+    settings: dict[str, object] = {"cache": not args.no_cache, "prefixReuse": not args.no_prefix_reuse}
+    if args.time_budget_ms is not None:
+        settings["timeBudgetMs"] = args.time_budget_ms
+    options = {"codeassist": settings}
     try:
         if args.typing:
             report: harness.Report | harness.TypingReport = asyncio.run(
