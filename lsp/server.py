@@ -64,6 +64,7 @@ class CodeassistServer(LanguageServer):
         self.backend = backend_factory(self.settings)
         self.pipeline = Pipeline(self.backend, self.settings)
         self.inbox: Inbox | None = None
+        self.warm: asyncio.Future[None] | None = None  # tokenizer and prompt tables loading
         self._tasks: set[asyncio.Task[Any]] = set()
         self._snippet_memo: tuple[tuple[Any, ...], tuple[Snippet, ...]] | None = None
         self.protocol.on_exit = lambda code: self.stop()
@@ -141,7 +142,8 @@ class CodeassistServer(LanguageServer):
         st = self.backend.status()
         p50 = self.pipeline.latency.percentile(0.5)
         p95 = self.pipeline.latency.percentile(0.95)
-        return {"model": st.model, "backend": st.backend, "device": st.device, "ready": st.ready,
+        ready = st.ready and (self.warm is None or self.warm.done())
+        return {"model": st.model, "backend": st.backend, "device": st.device, "ready": ready,
                 "p50Ms": None if p50 is None else round(p50, 2),
                 "p95Ms": None if p95 is None else round(p95, 2),
                 "lastReason": self.pipeline.last_reason if st.ready else st.reason,
@@ -213,7 +215,7 @@ async def _serve(server: CodeassistServer, start_pump: Callable[[Inbox], None]) 
     sys.setswitchinterval(0.0005)
     server.inbox = asyncio.Queue()
     server.backend.start()  # eager: the model loads while the editor initialises
-    asyncio.get_running_loop().run_in_executor(None, warm_up_prompts)  # and the tokenizer
+    server.warm = asyncio.get_running_loop().run_in_executor(None, warm_up_prompts)  # and the tokenizer
     start_pump(server.inbox)
     await pump_messages(server.inbox, server.protocol.handle_body, server.protocol.report_bad_input)
     for task in list(server._tasks):
