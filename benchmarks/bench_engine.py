@@ -279,8 +279,9 @@ def shape_models(shape: str, model_file: Path | None) -> tuple[GPT, torch.nn.Mod
 
         ours, _ = load_model(model_file)
         return ours, hf_from_ours(ours), f"weights {model_file.name}"
-    ours, hf = hf_pair(shape)
-    return ours, hf, "random weights"
+    ours = GPT(get_preset(shape))  # the full vocabulary: code prompts use the space-run tokens
+    ours.init_weights(seed=0)
+    return ours.eval(), hf_from_ours(ours), "random weights"
 
 
 def code_table(shape: str, model_file: Path | None, groups: dict[str, list[list[int]]], new: int,
