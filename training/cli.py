@@ -55,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     adv.add_argument("--micro-batch", type=_positive, default=4, help="sequences per forward pass")
     adv.add_argument("--seq-len", type=_positive, default=512)
     adv.add_argument("--lr", type=float, default=None, help="peak learning rate (3e-4 fine-tuning)")
-    adv.add_argument("--no-bf16", action="store_true", help="train in fp32")
+    adv.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                     help="auto: bf16 autocast on CUDA, fp32 on CPU")
     adv.add_argument("--eval-interval", type=_positive, default=100)
     adv.add_argument("--ckpt-interval", type=_positive, default=50)
     adv.add_argument("--keep-checkpoints", type=_positive, default=3)
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         time_budget_s=time_budget, max_iters=args.max_iters, resume=args.resume, yes=args.yes,
         languages=tuple(x.strip() for x in args.languages.split(",") if x.strip()),
         batch_size=args.batch_size, micro_batch=args.micro_batch, seq_len=args.seq_len, lr=args.lr,
-        bf16=not args.no_bf16, eval_interval=args.eval_interval, ckpt_interval=args.ckpt_interval,
+        precision=args.precision, eval_interval=args.eval_interval, ckpt_interval=args.ckpt_interval,
         keep_checkpoints=args.keep_checkpoints, gate_lines=args.gate_lines, seed=args.seed,
         workers=args.workers, device=args.device, progress=not args.no_progress)
     try:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
+
 from codeassist.model.checkpoint import ModelFileError, load_model
 from codeassist.model.config import get_preset
 from codeassist.model.gpt import GPT
@@ -53,7 +55,7 @@ class FinetuneOptions:
     micro_batch: int = 4  # sequences per forward pass in one process
     seq_len: int = 512
     lr: float | None = None  # None: 3e-4 fine-tuning, 1e-3 from scratch
-    bf16: bool = True  # bf16 autocast (1.45x on this CPU, see notes)
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (bench_train: CPU bf16 was slower here)
     eval_interval: int = 100
     ckpt_interval: int = 50
     keep_checkpoints: int = 3
@@ -91,7 +93,14 @@ def _confirm_tty(question: str) -> bool:
         return False
 
 
-def _train_config(opts: FinetuneOptions, model: GPT, train_tokens: int, world: int) -> TrainConfig:
+def use_bf16(precision: str, device: torch.device) -> bool:
+    if precision not in ("auto", "fp32", "bf16"):
+        raise TrainError(f"unknown precision {precision!r}; use auto, fp32 or bf16")
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+def _train_config(opts: FinetuneOptions, model: GPT, train_tokens: int, world: int,
+                  device: torch.device) -> TrainConfig:
     seq = min(opts.seq_len, model.config.block_size, train_tokens - 2)
     if seq < 16:
         raise TrainError(f"only {train_tokens} training tokens were collected; that is too little code to train on")
@@ -105,7 +114,7 @@ def _train_config(opts: FinetuneOptions, model: GPT, train_tokens: int, world: i
                        max_iters=max_iters, time_budget_s=opts.time_budget_s, lr=lr, min_lr=lr / 10,
                        warmup_iters=min(50, max(1, (opts.max_iters or 500) // 10)),
                        eval_interval=opts.eval_interval, eval_batches=4, ckpt_interval=opts.ckpt_interval,
-                       seed=opts.seed, autocast_bf16=opts.bf16)
+                       seed=opts.seed, autocast_bf16=use_bf16(opts.precision, device))
 
 
 class ProgressBar:
@@ -174,7 +183,7 @@ def _run(opts: FinetuneOptions, env: ddp.DistEnv, out: TextIO, confirm: Callable
         return 1
     dataset = read_dataset(data)
     model, origin = load_init_model(opts.init_from, opts.preset, opts.seed)
-    cfg = _train_config(opts, model, dataset.train_tokens, env.world_size)
+    cfg = _train_config(opts, model, dataset.train_tokens, env.world_size, env.device)
     val = load_split(data, "val") if dataset.val_tokens > cfg.seq_len + 1 else None
     say(f"training {origin} on {dataset.train_tokens:,} tokens ({dataset.train_files} files; "
         f"{dataset.val_files} held out) with {env.world_size} process(es) on {env.device}")

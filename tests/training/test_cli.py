@@ -20,7 +20,7 @@ from codeassist.training.finetune import FinetuneOptions, install_model, run_dir
 
 from .fixtures import SECRET_CODE, code_file, init_repo, write
 
-FAST = ["--batch-size", "2", "--micro-batch", "1", "--seq-len", "32", "--no-progress", "--no-bf16",
+FAST = ["--batch-size", "2", "--micro-batch", "1", "--seq-len", "32", "--no-progress", "--precision", "fp32",
         "--eval-interval", "2", "--ckpt-interval", "2", "--workers", "1", "--device", "cpu"]
 
 
