@@ -67,11 +67,15 @@ class CausalSelfAttention(nn.Module):
                                                dropout_p=self.dropout if self.training else 0.0)
         else:
             k, v = self.kv_cache.update(input_pos, k, v, kv_len)  # (B, nh, S, hs), S = kv_len
-            # a query at position p sees cache slots 0..p; slots past a row's length hold stale
-            # values and are masked here, then overwritten before any query can reach them
-            slots = torch.arange(kv_len, device=x.device)
-            mask = slots.view(1, 1, 1, kv_len) <= input_pos.view(-1, 1, T, 1)  # (B|1, 1, T, S)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            if T == 1 and input_pos.numel() == 1:
+                # one query at the last slot (batch-1 decoding): it sees every slot, so no mask
+                y = F.scaled_dot_product_attention(q, k, v)
+            else:
+                # a query at position p sees cache slots 0..p; slots past a row's length hold stale
+                # values and are masked here, then overwritten before any query can reach them
+                slots = torch.arange(kv_len, device=x.device)
+                mask = slots.view(1, 1, 1, kv_len) <= input_pos.view(-1, 1, T, 1)  # (B|1, 1, T, S)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 

@@ -12,6 +12,12 @@ from codeassist.model.config import get_preset
 from codeassist.model.gpt import GPT
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread() -> None:
+    """One intra-op thread: on a shared 2-core machine two threads collapse under load (notes)."""
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path_factory.mktemp("codeassist-home")
