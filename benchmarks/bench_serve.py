@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_serve.py [--model PATH] [--clients 16] [--requests 2]
     BENCH_DEVICE=cuda .venv/bin/python benchmarks/bench_serve.py --preset gpt2 --levels 1,16,64
+    BENCH_THREADS=1 ...   (the server's --threads; 1 on a CPU shared with other work)
 
 Starts `codeassist serve` twice on loopback (--max-batch 16, then --max-batch 1), and drives
 each with N concurrent clients sending completion-shaped requests: a window of about 300
@@ -62,7 +63,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "codeassist.cli", "serve", "--model", str(model), "--port", str(self.port),
                "--max-batch", str(max_batch), "--max-queue", str(max_queue), "--request-timeout", "3600",
-               "--log-level", "error", "--device", os.environ.get("BENCH_DEVICE", "auto")]
+               "--log-level", "error", "--device", os.environ.get("BENCH_DEVICE", "auto"),
+               "--threads", os.environ.get("BENCH_THREADS", "0")]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
 
     def wait_ready(self) -> None:

@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                         help="allow browser requests from this origin (repeatable; none by default)")
     parser.add_argument("--cors-credentials", action="store_true", help="let CORS requests carry credentials")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for the model (default: all cores; 1 on a box shared with other work)")
     parser.add_argument("--served-name", default="", help="the model id /v1/models reports")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -57,6 +59,11 @@ def run(args: argparse.Namespace) -> int:
     from codeassist.remote.app import create_app
     from codeassist.remote.server import build_server
 
+    if args.threads > 0:
+        import torch
+
+        # on a CPU shared with other work, a second thread waits on a busy core at every op
+        torch.set_num_threads(args.threads)
     path, _ = resolve_model(settings.model)  # a wrong name or path fails now, in one sentence
     if not path.exists():
         raise ServeError(f"there is no model at {path}")

@@ -58,7 +58,8 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(serve_cmd("--model", str(path), "--port", str(port), "--log-level", "warning",
-                                      "--request-timeout", "600"),
+                                      "--request-timeout", "600", "--drain-timeout", "600",
+                                      "--threads", "1"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "CODEASSIST_DEBUG": ""})
     try:
@@ -73,16 +74,20 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the server did not become ready"
             time.sleep(0.1)
         lines: list[str] = []
+        failures: list[Exception] = []
         first = threading.Event()
 
         def stream() -> None:
             body = {"prompt": "def f(x):\n", "max_tokens": 80, "ignore_eos": True, "stream": True,
                     "stream_options": {"include_usage": True}}
-            with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
-                for line in r.iter_lines():
-                    if line:
-                        lines.append(line)
-                        first.set()
+            try:
+                with httpx.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
+                    for line in r.iter_lines():
+                        if line:
+                            lines.append(line)
+                            first.set()
+            except httpx.HTTPError as exc:
+                failures.append(exc)
 
         reader = threading.Thread(target=stream)
         reader.start()
@@ -92,13 +97,14 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path: Path) -> None:
         assert httpx.get(url + "/ready", timeout=5).status_code == 503
         refused = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=5)
         assert refused.status_code == 503
-        reader.join(60)
+        reader.join(600)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+    assert not failures, failures
     assert lines[-1] == "data: [DONE]"
     usage = json.loads(lines[-2].removeprefix("data: "))["usage"]
     assert usage["completion_tokens"] == 80  # the in-flight request finished in full
