@@ -256,14 +256,20 @@ class Scheduler:
     def _sample(self, logits: torch.Tensor, first: int) -> None:
         """Choose the next token of rows first.. from their logits (one row each), apply stop rules."""
         assert self._batch is not None
+        seqs = self._running[first:first + logits.size(0)]
+        no_eos = [i for i, seq in enumerate(seqs) if not seq.job.stop_on_eos]
+        if no_eos:  # ignore_eos: the specials are never chosen (logits is the step's own float copy)
+            rows = torch.tensor(no_eos, device=logits.device)
+            logits[rows, tok.EOT_ID] = float("-inf")
+            logits[rows, tok.FIM_PREFIX_ID:] = float("-inf")
         greedy = logits.argmax(dim=-1).tolist()
         now = time.monotonic()
-        for i, row_logits in enumerate(logits):
-            seq = self._running[first + i]
+        for i, seq in enumerate(seqs):
             token = greedy[i]
-            custom = (seq.constraint is not None and not seq.constraint.done) or not seq.job.stop_on_eos
-            if custom or not seq.job.sampling.greedy:
-                token = sample_next(self._filtered(seq, row_logits), seq.job.sampling, seq.gen)
+            healing = seq.constraint is not None and not seq.constraint.done
+            if healing or not seq.job.sampling.greedy:
+                row = seq.constraint.mask(logits[i]) if healing and seq.constraint is not None else logits[i]
+                token = sample_next(row, seq.job.sampling, seq.gen)
             if seq.constraint is not None:
                 seq.constraint.advance(token)
             if seq.t_first is None:
@@ -271,15 +277,6 @@ class Scheduler:
                 self.metrics.ttft.observe(now - seq.t_submit)
             self._accept(seq, token, self._batch.rows[first + i].pos, now)
             self._batch.rows[first + i].token = token
-
-    def _filtered(self, seq: _Seq, logits: torch.Tensor) -> torch.Tensor:
-        if seq.constraint is not None and not seq.constraint.done:
-            logits = seq.constraint.mask(logits)
-        if not seq.job.stop_on_eos:  # ignore_eos: the specials are never chosen
-            logits = logits.clone()
-            logits[tok.EOT_ID] = float("-inf")
-            logits[tok.FIM_PREFIX_ID:] = float("-inf")
-        return logits
 
     def _accept(self, seq: _Seq, token: int, pos: int, now: float) -> None:
         if tok.is_special(token):
