@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--model", default="default", help="a model name (default, gpt2, a saved name) or path")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: the cores that are free)")
     p.add_argument("--json", action="store_true", help="print completion, model, tokens and latency as JSON")
 
 
@@ -70,8 +71,13 @@ def run(args: argparse.Namespace) -> int:
     text = read_source(args.file)
     offset = cursor_offset(text, args.line, args.col)
 
+    import torch
+
     from codeassist.model.completion import complete
     from codeassist.model.engine import Engine
+    from codeassist.model.threads import pick_threads
+
+    torch.set_num_threads(pick_threads(args.threads))
 
     try:
         engine = Engine.load(args.model, device=args.device)

@@ -21,3 +21,16 @@ def test_unknown_subcommand_arguments_exit_2() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["complete", "--no-such-flag"])
     assert exc.value.code == 2
+
+
+def test_threads_follow_the_free_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from codeassist.model import threads
+
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    assert threads.pick_threads() == 2
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.4, 0.0, 0.0))
+    assert threads.pick_threads() == 1  # one core busy: one thread
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    assert threads.pick_threads() == 1  # never zero
+    assert threads.pick_threads(3) == 3  # an explicit request wins
