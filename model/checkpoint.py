@@ -64,7 +64,7 @@ def _sniff(path: Path) -> None:
     try:
         size = path.stat().st_size
         with path.open("rb") as f:
-            head = f.read(8)
+            head = f.read(9)
     except FileNotFoundError:
         raise ModelFileError(f"model file not found: {path}") from None
     except IsADirectoryError:
@@ -73,12 +73,14 @@ def _sniff(path: Path) -> None:
         raise ModelFileError(f"cannot read model file {path}: {exc.strerror}") from None
     if size == 0:
         raise ModelFileError(f"model file {path} is empty")
-    if head[:1] == b"\x80" or head[:2] == b"PK":
-        raise ModelFileError(f"{path} is a pickle or a zip-pickled checkpoint; codeassist never loads "
-                             "pickles, only safetensors model files")
-    if len(head) < 8:
-        raise ModelFileError(f"model file {path} is truncated")
-    (n,) = struct.unpack("<Q", head)
+    if head[8:9] != b"{":  # a safetensors header is JSON right after its 8-byte length
+        if head[:1] == b"\x80" or head[:2] == b"PK":
+            raise ModelFileError(f"{path} is a pickle or a zip-pickled checkpoint; codeassist never loads "
+                                 "pickles, only safetensors model files")
+        if len(head) < 9:
+            raise ModelFileError(f"model file {path} is truncated")
+        raise ModelFileError(f"{path} is not a safetensors model file")
+    (n,) = struct.unpack("<Q", head[:8])
     if n > MAX_HEADER or n < 2:
         raise ModelFileError(f"{path} is not a safetensors model file")
     if 8 + n > size:
