@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from codeassist.lsp.prompt import Prompt
@@ -207,11 +207,16 @@ class FakeBackend:
 
 
 class RemoteBackend:
-    """A team server (our API, OpenAI-compatible, or llama.cpp) through RemoteClient."""
+    """A team server (our API, OpenAI-compatible, or llama.cpp) through RemoteClient.
 
-    def __init__(self, config: RemoteConfig, transport: Any = None) -> None:
+    When the server cannot be reached and `fallback` is given (setting `remote.fallbackLocal`),
+    the request is answered by that backend instead, started only on the first failure.
+    """
+
+    def __init__(self, config: RemoteConfig, transport: Any = None, fallback: Backend | None = None) -> None:
         self.config = config
         self.transport = transport  # an httpx transport, for tests
+        self.fallback = fallback
         self._client: Any = None
         self._last_error: str | None = None
 
@@ -248,6 +253,11 @@ class RemoteBackend:
                 temperature=request.temperature, stop=list(request.stop))
         except RemoteError as exc:
             self._last_error = str(exc)
+            if self.fallback is not None:
+                self.fallback.start()  # idempotent: loads the local model once, in the background
+                local = await self.fallback.complete(request)
+                reason = local.reason or f"answered by the local model: {exc}"
+                return replace(local, reason=reason if not local.text else local.reason)
             return BackendResult("", "error", str(exc), ms=(time.perf_counter() - t0) * 1e3)
         self._last_error = None
         return BackendResult(str(text), "stop", ms=(time.perf_counter() - t0) * 1e3)
@@ -271,7 +281,7 @@ def _warm_up(engine: Engine) -> None:
 
 def make_backend(kind: str, model: str, device: str, remote: RemoteConfig) -> Backend:
     if kind == "remote":
-        return RemoteBackend(remote)
+        return RemoteBackend(remote, fallback=LocalBackend(model, device) if remote.fallback_local else None)
     if kind == "fake":
         return FakeBackend()
     return LocalBackend(model, device)

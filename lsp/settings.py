@@ -18,6 +18,7 @@ class RemoteConfig:
     api_key: str | None = None
     model: str | None = None
     timeout_ms: int = 2000
+    fallback_local: bool = False  # answer with the in-process model while the server is unreachable
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ _KEYS: dict[str, tuple[str, type]] = {
 _REMOTE_KEYS: dict[str, tuple[str, type]] = {
     "remote.url": ("url", str), "remote.api": ("api", str), "remote.apiKey": ("api_key", str),
     "remote.model": ("model", str), "remote.timeoutMs": ("timeout_ms", int),
+    "remote.fallbackLocal": ("fallback_local", bool),
 }
 _RANGES = {"max_tokens": (1, 512), "temperature": (0.0, 2.0), "debounce_ms": (0, 2000),
            "max_prompt_tokens": (16, 8192), "open_files": (0, 32), "time_budget_ms": (50, 30000),

@@ -8,7 +8,7 @@ export interface ServerSettings {
   backend: string;
   model: string;
   device: string;
-  remote: { url: string; api: string; apiKey?: string; model?: string; timeoutMs: number };
+  remote: { url: string; api: string; apiKey?: string; model?: string; timeoutMs: number; fallbackLocal: boolean };
   maxTokens: number;
   temperature: number;
   debounceMs: number;
@@ -47,6 +47,7 @@ export function buildServerSettings(get: ConfigGetter, apiKey: string | undefine
       url: str(get, "remote.url", ""),
       api: str(get, "remote.api", "codeassist"),
       timeoutMs: num(get, "remote.timeoutMs", 2000),
+      fallbackLocal: get("remote.fallbackLocal") === true,
     },
     maxTokens: num(get, "maxTokens", 48),
     temperature: num(get, "temperature", 0),

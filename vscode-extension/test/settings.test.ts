@@ -33,7 +33,7 @@ test("user values are forwarded under the server's key names, nested as the serv
     }),
     "sk-secret",
   );
-  assert.deepEqual(s.remote, { url: "http://team:8000", api: "openai", timeoutMs: 900, model: "starcoder", apiKey: "sk-secret" });
+  assert.deepEqual(s.remote, { url: "http://team:8000", api: "openai", timeoutMs: 900, fallbackLocal: false, model: "starcoder", apiKey: "sk-secret" });
   assert.equal(s.maxTokens, 64);
   assert.equal(s.multiline, "never");
   assert.deepEqual(s.languages, ["python", "rust"]); // a wrong element is dropped, not forwarded
