@@ -109,9 +109,14 @@ class CodeassistServer(LanguageServer):
         """(CompletionContext, the clamped cursor position in client units), or None if disabled."""
         doc = self.workspace.text_documents.get(uri)
         if doc is None:
+            self.pipeline.last_reason = "the document is not open (no textDocument/didOpen)"
             return None
         language = doc.language_id or ""
         if not self.settings.is_enabled_for(language, doc.path):
+            # say why in codeassist/status: "suggestions silently don't appear" is the complaint
+            self.pipeline.last_reason = (f"completions are off for {language or 'this language'} (codeassist.languages)"
+                                         if self.settings.languages and language not in self.settings.languages
+                                         else "this file matches codeassist.exclude")
             return None
         text = doc.source
         encoding = str(self.workspace.position_encoding or "utf-16")

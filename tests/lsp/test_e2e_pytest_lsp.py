@@ -101,3 +101,21 @@ async def test_cancel_request_is_answered_with_request_cancelled() -> None:
     finally:
         await client.shutdown_session()
         await client.stop()
+
+
+async def test_a_disabled_language_or_excluded_file_says_why(client: LanguageClient) -> None:
+    await wait_ready(client)
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"codeassist": {"languages": ["rust"]}}))
+    client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
+        uri=URI, language_id="python", version=1, text=TEXT)))
+    params = types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(URI), position=types.Position(line=6, character=8),
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked))
+    inline = await client.text_document_inline_completion_async(params)
+    assert inline is None or not inline.items
+    assert "off for python" in (await get_status(client))["lastReason"]
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"codeassist": {"languages": [], "exclude": ["/tmp/*"]}}))
+    await client.text_document_inline_completion_async(params)
+    assert "exclude" in (await get_status(client))["lastReason"]
