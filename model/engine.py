@@ -35,6 +35,7 @@ from codeassist.model.speculative import (
     Drafter,
     DraftModel,
     SpeculationParams,
+    common_prefix,
     should_speculate,
     verify_greedy,
     verify_sampling,
@@ -188,7 +189,7 @@ class Engine:
         if spec.method == "draft" and self.draft is None:
             raise ValueError("draft-model speculation was asked for, but the engine has no draft model")
         self._ensure_cache(1)
-        reuse = min(_common_prefix(self._cached, prompt), len(prompt) - 1)  # refeed >= 1 for logits
+        reuse = min(common_prefix(self._cached, prompt), len(prompt) - 1)  # refeed >= 1 for logits
         self._cached = self._cached[:reuse]
         logits: torch.Tensor | None = self.prefill(prompt[reuse:], reuse)
         self._cached = list(prompt)
@@ -370,14 +371,6 @@ def fit_to_context(prompt: list[int], max_new: int, block_size: int) -> tuple[li
     if len(prompt) > room:
         return prompt[len(prompt) - room:], max_new, True
     return prompt, max_new, False
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _forced_len(req: GenerationRequest) -> int:

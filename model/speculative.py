@@ -116,7 +116,7 @@ class DraftModel:
             return [], None
         if self.model.kv_batch_size != 1:
             self._cached = []
-        reuse = min(_common_prefix(self._cached, tokens), len(tokens) - 1)
+        reuse = min(common_prefix(self._cached, tokens), len(tokens) - 1)
         logits = self._feed(tokens[reuse:], reuse)
         self._cached = list(tokens)
         draft: list[int] = []
@@ -175,7 +175,8 @@ def verify_sampling(logits: torch.Tensor, draft: list[int], sampling: SamplingPa
     return n, int(torch.multinomial(residual, 1, generator=gen))
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens a and b share (what a KV cache holding a can keep for b)."""
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
