@@ -7,7 +7,7 @@ what the model sees when it serves. Held-out perplexity uses the validation file
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -15,13 +15,6 @@ import torch
 from codeassist.training.fim import fim_sample, split_into_chunks
 from codeassist.training.shards import CHUNK_CHARS, Document
 from codeassist.training.stdlib import split_documents, stdlib_documents
-
-CODE_SUFFIXES = frozenset({
-    ".py", ".pyi", ".js", ".jsx", ".ts", ".tsx", ".go", ".rs", ".java", ".kt", ".c", ".h", ".cc", ".cpp",
-    ".hpp", ".cs", ".rb", ".php", ".swift", ".scala", ".lua", ".sh", ".sql", ".m", ".r", ".jl", ".zig",
-})
-SKIP_DIRS = frozenset({"node_modules", "__pycache__", "venv", "build", "dist", "target", "site-packages"})
-MAX_FILE_BYTES = 1 << 20
 
 
 def stdlib_split(validation: bool) -> list[Document]:
@@ -35,29 +28,11 @@ def stdlib_splits() -> tuple[list[Document], list[Document]]:
 
 
 def collect_documents(paths: Sequence[Path]) -> list[Document]:
-    """Source files under `paths` (files are taken as given; folders are walked for code files)."""
-    docs: list[Document] = []
-    for root in paths:
-        files = [root] if root.is_file() else sorted(_walk(root))
-        for p in files:
-            try:
-                if p.stat().st_size > MAX_FILE_BYTES:
-                    continue
-                text = p.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                continue
-            if text.strip():
-                docs.append(Document(path=str(p), text=text))
-    return docs
+    """The user's code under `paths`, collected exactly as `codeassist train` collects it: git scope,
+    secret files never opened, binary/minified/generated files dropped, secrets redacted, duplicates removed."""
+    from codeassist.training.collect import collect
 
-
-def _walk(root: Path) -> Iterable[Path]:
-    for p in root.rglob("*"):
-        rel = p.relative_to(root).parts
-        if any(part.startswith(".") or part in SKIP_DIRS for part in rel[:-1]):
-            continue
-        if p.suffix.lower() in CODE_SUFFIXES and p.is_file() and not p.is_symlink():
-            yield p
+    return [Document(path=f.path, text=f.text) for f in collect(paths).files]
 
 
 def token_stream(docs: Sequence[Document], max_tokens: int, fim_rate: float, seed: int = 0,
