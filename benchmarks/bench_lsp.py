@@ -45,7 +45,7 @@ async def status_during_generation(path: Path, cmd: list[str], n: int = 200) -> 
     import time
 
     from codeassist.lsp.client import LspClient
-    from codeassist.lsp.harness import percentile
+    from codeassist.lsp.pipeline import percentile
 
     client = await LspClient.start(cmd)
     try:

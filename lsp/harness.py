@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from codeassist.lsp.client import LspClient, LspError
+from codeassist.lsp.pipeline import percentile
 
 LANGUAGES = {".py": "python", ".js": "javascript", ".ts": "typescript", ".go": "go", ".rs": "rust",
              ".c": "c", ".h": "c", ".cpp": "cpp", ".java": "java", ".rb": "ruby", ".sh": "shellscript",
@@ -109,13 +110,6 @@ def edit_similarity(a: str, b: str) -> float:
             cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
         prev = cur
     return 1.0 - prev[-1] / max(len(a), len(b))
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    data = sorted(values)
-    return data[min(len(data) - 1, int(q * len(data)))]
 
 
 async def _start(cmd: list[str], options: dict[str, Any]) -> tuple[LspClient, float]:

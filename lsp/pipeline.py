@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,14 @@ class Completion:
     reused_tokens: int = 0
 
 
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 1]) of `values`; 0.0 when there are none."""
+    if not values:
+        return 0.0
+    data = sorted(values)
+    return data[min(len(data) - 1, int(q * len(data)))]
+
+
 class LatencyWindow:
     def __init__(self, size: int = 200) -> None:
         self._ms: deque[float] = deque(maxlen=size)
@@ -49,10 +58,7 @@ class LatencyWindow:
         self._ms.append(ms)
 
     def percentile(self, q: float) -> float | None:
-        if not self._ms:
-            return None
-        data = sorted(self._ms)
-        return data[min(len(data) - 1, int(q * len(data)))]
+        return percentile(self._ms, q) if self._ms else None
 
 
 class Pipeline:
