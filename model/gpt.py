@@ -15,6 +15,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from codeassist.model.config import ModelConfig
+from codeassist.model.fused_ce import linear_cross_entropy
 
 
 class KVCache(nn.Module):
@@ -176,15 +177,28 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, kv_len: int = 0,
-                last_only: bool = False) -> torch.Tensor:
-        """Logits (B, T, vocab); with last_only, (B, 1, vocab) for the last position only."""
+                last_only: bool = False, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab); with last_only, (B, 1, vocab) for the last position only.
+
+        With targets (B, T) it returns the mean cross-entropy instead (targets of -1 are
+        skipped), without materialising the logits in fp32 training (see model/fused_ce.py).
+        """
         x = self.hidden_states(idx, input_pos, kv_len)
+        if targets is not None:
+            return self._head_loss(x, targets)
         if last_only:
             x = x[:, -1:, :]
         logits: torch.Tensor = self.lm_head(x)
         return logits
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = self(idx)
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                               ignore_index=-1)
+        loss: torch.Tensor = self(idx, targets=targets)
+        return loss
+
+    def _head_loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type) or x.dtype != torch.float32:
+            # reduced precision: the plain head, with the softmax in fp32
+            logits = self.lm_head(x)
+            return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=-1)
+        return linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))

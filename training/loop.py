@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from codeassist.model.checkpoint import save_model
 from codeassist.model.config import ModelConfig
@@ -88,7 +87,7 @@ def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=False)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
 
 
 @torch.no_grad()
@@ -121,9 +120,9 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def _micro_loss(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    # the same arithmetic as GPT.loss, called through the (possibly DDP-wrapped) module's forward
-    logits = module(x)
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1)
+    # GPT.loss, called through the (possibly DDP-wrapped) module's forward
+    loss: torch.Tensor = module(x, targets=y)
+    return loss
 
 
 def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: TrainConfig,
