@@ -23,7 +23,7 @@ from codeassist.model import tokenizer as tok
 
 SUFFIX_TOKENS = 256  # "a few hundred": the model was trained on ~3,000-character chunks
 CUT_QUANTUM = 256  # the prefix is cut only at absolute offsets rounded to this (stable cache)
-MAX_HEAL_TOKENS = 3
+MAX_HEAL_TOKENS = 4  # enough for most identifiers typed halfway
 SNIPPET_MIN_ROOM = 48
 
 
@@ -63,7 +63,13 @@ def build_prompt(ctx: CompletionContext, max_prompt_tokens: int, heal: bool = Tr
 
 
 def heal_prefix(ids: list[int]) -> tuple[list[int], str]:
-    """Remove the last token (more if needed for whole UTF-8 characters); (ids, removed text)."""
+    """Back the prompt off to the start of the word at the cursor; (ids, removed text).
+
+    The last token always goes (more if needed for whole UTF-8 characters). While what was
+    removed begins inside a word, the token before it goes too, up to MAX_HEAL_TOKENS: a user
+    who typed `retur` left the tokens " ret" + "ur", a split the model never saw in training,
+    where " return" is one token; backing off to " retur" lets it choose that token.
+    """
     removed = b""
     n = 0
     while ids[:len(ids) - n] and n < MAX_HEAL_TOKENS:
@@ -73,8 +79,19 @@ def heal_prefix(ids: list[int]) -> tuple[list[int], str]:
             text = removed.decode("utf-8")
         except UnicodeDecodeError:
             continue
+        before = tok.token_bytes(ids[-n - 1]) if len(ids) > n else b""
+        if _is_word_byte(removed[:1]) and _is_word_byte(before[-1:]) and n < MAX_HEAL_TOKENS:
+            continue  # the cursor's word began in the token before: heal from there
         return ids[:len(ids) - n], text
-    return ids, ""
+    # out of tokens to remove: heal what was removed if it is whole characters, else nothing
+    try:
+        return ids[:len(ids) - n], removed.decode("utf-8")
+    except UnicodeDecodeError:
+        return ids, ""
+
+
+def _is_word_byte(b: bytes) -> bool:
+    return bool(b) and (b.isalnum() or b == b"_")
 
 
 def _stable_cut(ctx: CompletionContext, room: int) -> int:

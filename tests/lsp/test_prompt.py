@@ -18,6 +18,10 @@ def ctx_at(marked: str, language: str = "python", snippets: tuple[Snippet, ...] 
     ("def f(x):\n    if x:\n        raise █\n", " "),  # after `raise `
     ("def f(values):\n    return len(val█)\n", "val"),  # mid-identifier
     ("def f(values):\n    return val█\n", " val"),
+    # mid-word: back off to the word's first token (" ret" + "ur" -> the model may pick " return")
+    ("def f(x):\n    if x:\n        retur█\n", " retur"),
+    ("def f(x):\n    return x.raise_app_exceptio█\n", "app_exceptio"),  # at most MAX_HEAL_TOKENS
+    ("print(é█)\n", "é"),  # a character of two bytes is never split
 ])
 def test_token_healing_backs_off_to_a_whole_token(marked: str, forced: str) -> None:
     ctx = ctx_at(marked)

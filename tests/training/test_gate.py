@@ -59,3 +59,42 @@ def test_gate_refuses_a_worse_model_and_accepts_a_better_one(tmp_path: Path) -> 
     assert refused.new.lines == 3 and "not measurably better" in refused.summary
     accepted = run_gate(tmp_path / "good.safetensors", tmp_path / "worse.safetensors", tokens, VAL, lines=3)
     assert accepted.better and accepted.summary.startswith("the new model is better")
+
+
+class _EchoBackend:
+    """Answers every case with the expected text, and records the time budget it was given."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+        self.budgets: list[float | None] = []
+
+    def status(self):  # type: ignore[no-untyped-def]
+        from codeassist.lsp.backends import BackendStatus
+
+        return BackendStatus("fake", "fake", "cpu", True, context_tokens=1024)
+
+    async def complete(self, request):  # type: ignore[no-untyped-def]
+        from codeassist.lsp.backends import BackendResult
+
+        self.budgets.append(request.time_budget_s)
+        return BackendResult(self.answers.get(request.prompt.prefix[-40:], ""), "stop")
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_exact_match_asks_with_the_full_time_budget_and_counts_hits() -> None:
+    import asyncio
+
+    from codeassist.lsp.settings import Settings
+    from codeassist.training.gate import _count_hits
+
+    samples = line_samples(VAL, 6, seed=3)
+    # answer half the cases right (keyed by the prompt's end, which is the document before the cut)
+    answers = {s.document[:s.offset][-40:]: s.expected for s in samples[::2]}
+    backend = _EchoBackend(answers)
+    settings = Settings(multiline="never", cache=False, debounce_ms=0, temperature=0.0, time_budget_ms=30000)
+    hits = asyncio.run(_count_hits(backend, settings, samples))
+    assert hits == len(samples[::2])
+    # a busy CPU must not lower the score: the typing budget (180 ms) is not applied
+    assert backend.budgets == [30.0] * len(samples)
