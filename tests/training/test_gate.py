@@ -98,3 +98,24 @@ def test_exact_match_asks_with_the_full_time_budget_and_counts_hits() -> None:
     assert hits == len(samples[::2])
     # a busy CPU must not lower the score: the typing budget (180 ms) is not applied
     assert backend.budgets == [30.0] * len(samples)
+
+
+def test_gate_default_command_scores_on_stdlib_held_out_files(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from codeassist.training import gate_default
+
+    good = build_model(get_preset("tiny"), seed=0)
+    worse = build_model(get_preset("tiny"), seed=0)
+    with torch.no_grad():
+        for p in worse.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.5)
+    save_model(good, tmp_path / "good.safetensors")
+    save_model(worse, tmp_path / "worse.safetensors")
+    data = tmp_path / "stdlib"
+    data.mkdir()
+    np.asarray(encode(VAL[0].text * 20), dtype=np.uint16).tofile(data / "val.bin")
+    args = ["--data", str(data), "--lines", "2", "--threads", "1"]
+    assert gate_default.main([str(tmp_path / "worse.safetensors"), str(tmp_path / "good.safetensors"), *args]) == 1
+    assert "not measurably better" in capsys.readouterr().out
+    assert gate_default.main([str(tmp_path / "good.safetensors"), str(tmp_path / "worse.safetensors"), *args]) == 0
+    assert capsys.readouterr().out.startswith("the new model is better: held-out loss")
