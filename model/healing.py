@@ -1,9 +1,19 @@
 """Token healing: constrain the first generated tokens to spell out text removed from the prompt.
 
 A prompt that ends in a partial token (after indentation, a space, or half a word) puts the
-model where training never did. The caller backs the prompt off to the last whole token and
-passes the removed text as `forced_prefix`; while it is not yet spelled out, only tokens
-consistent with it may be chosen (a token that is a prefix of the rest, or that starts with it).
+model where training never did. The caller backs the prompt off to whole tokens and passes the
+removed text as `forced_prefix`; while it is not yet spelled out, only tokens that keep the
+output on a tokenization training could have produced may be chosen:
+
+- a token that begins with the whole rest (" retur" -> " return", " returned", ...);
+- the first token of the rest's own encoding, when that is shorter than the rest (a long
+  identifier spelled over several tokens: "app_exceptio" -> "app", then "_", then "exception");
+- for indentation (a run of spaces), the run one space shorter: before a word GPT-2's
+  pre-tokenizer gives the last space to the word ("        return" is 7 spaces + " return").
+
+Any other prefix of the rest is refused. Allowing every prefix let a weak model take a lone
+" " before "annot" or three spaces before nineteen: tokenizations it never saw in training,
+after which it wrote nonsense ("from __future__ import anno" -> " annot import _test...").
 """
 
 from __future__ import annotations
@@ -25,16 +35,26 @@ def _vocab_index() -> tuple[list[bytes], list[int], dict[bytes, int]]:
     return [b for b, _ in pairs], [i for _, i in pairs], {b: i for b, i in pairs}
 
 
-def allowed_tokens(rest: bytes) -> list[int]:
-    """Ids whose bytes are a prefix of `rest`, or begin with `rest`."""
+@functools.lru_cache(maxsize=4096)
+def allowed_tokens(rest: bytes) -> tuple[int, ...]:
+    """Ids that may come next while `rest` is still to be spelled out (see the module docstring)."""
     keys, ids, by_bytes = _vocab_index()
-    out = [by_bytes[rest[:n]] for n in range(1, len(rest)) if rest[:n] in by_bytes]
     lo = bisect.bisect_left(keys, rest)
     hi = lo
     while hi < len(keys) and keys[hi].startswith(rest):
         hi += 1
-    out.extend(ids[lo:hi])
-    return out
+    out = list(ids[lo:hi])
+    try:
+        text = rest.decode("utf-8")
+    except UnicodeDecodeError:  # a token ended inside a character: any byte prefix will do
+        return tuple([by_bytes[rest[:n]] for n in range(1, len(rest)) if rest[:n] in by_bytes] + out)
+    steps = [tok.encode(text)[0]] if text else []
+    if len(text) >= 2 and not text.strip(" "):
+        steps.append(tok.encode(text[:-1])[0])
+    for step in steps:
+        if step not in out and rest.startswith(tok.token_bytes(step)):
+            out.append(step)
+    return tuple(out)
 
 
 class PrefixConstraint:
