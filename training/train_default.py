@@ -36,13 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init-from", type=Path, default=None,
                     help="start from this fp32 model file (a longer run continuing an earlier one)")
     ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=1337,
+                    help="batch k is drawn with (seed, k): a continuation needs a new seed to see new windows")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     config = get_preset(args.preset)
     cfg = TrainConfig(batch_size=args.batch_size, seq_len=args.seq_len, max_iters=args.max_iters,
                       time_budget_s=args.time_budget, lr=args.lr, min_lr=args.lr / 10, warmup_iters=args.warmup,
-                      eval_interval=200, eval_batches=6, ckpt_interval=50, autocast_bf16=False)
+                      eval_interval=200, eval_batches=6, ckpt_interval=50, autocast_bf16=False,
+                      seed=args.seed)
     manifest = read_manifest(args.data)
     if args.init_from is not None:
         model, info = load_model(args.init_from)
