@@ -21,7 +21,16 @@ local ok, err = pcall(function()
   local params = {textDocument = {uri = vim.uri_from_bufnr(buf)}, position = {line = 1, character = 4},
                   context = {triggerKind = 1}}
   local res, req_err = vim.lsp.buf_request_sync(buf, "textDocument/inlineCompletion", params, 20000)
-  local status = vim.lsp.buf_request_sync(buf, "codeassist/status", {}, 5000)
+  -- "ready" also waits for the server's background warm-up (tokenizer, prompt tables), which a
+  -- loaded machine may not have finished by the first answer: ask until it says so
+  local status
+  vim.wait(20000, function()
+    status = vim.lsp.buf_request_sync(buf, "codeassist/status", {}, 5000)
+    for _, r in pairs(status or {}) do
+      if r.result and r.result.ready then return true end
+    end
+    return false
+  end, 200)
   vim.lsp.stop_client(client_id)
   vim.wait(3000, function() return vim.lsp.get_client_by_id(client_id) == nil end, 50)
   finish({initialized = ready, err = req_err, res = res, status = status, version = vim.version()})
