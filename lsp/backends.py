@@ -256,8 +256,9 @@ class RemoteBackend:
             if self.fallback is not None:
                 self.fallback.start()  # idempotent: loads the local model once, in the background
                 local = await self.fallback.complete(request)
-                reason = local.reason or f"answered by the local model: {exc}"
-                return replace(local, reason=reason if not local.text else local.reason)
+                if local.text or local.reason:
+                    return local
+                return replace(local, reason=f"answered by the local model: {exc}")
             return BackendResult("", "error", str(exc), ms=(time.perf_counter() - t0) * 1e3)
         self._last_error = None
         return BackendResult(str(text), "stop", ms=(time.perf_counter() - t0) * 1e3)

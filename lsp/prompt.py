@@ -80,7 +80,7 @@ def heal_prefix(ids: list[int]) -> tuple[list[int], str]:
         except UnicodeDecodeError:
             continue
         before = tok.token_bytes(ids[-n - 1]) if len(ids) > n else b""
-        if _is_word_byte(removed[:1]) and _is_word_byte(before[-1:]) and n < MAX_HEAL_TOKENS:
+        if _is_word_byte(removed[:1]) and _is_word_byte(before[-1:]):
             continue  # the cursor's word began in the token before: heal from there
         return ids[:len(ids) - n], text
     # out of tokens to remove: heal what was removed if it is whole characters, else nothing

@@ -112,11 +112,10 @@ class CodeassistServer(LanguageServer):
             self.pipeline.last_reason = "the document is not open (no textDocument/didOpen)"
             return None
         language = doc.language_id or ""
-        if not self.settings.is_enabled_for(language, doc.path):
+        disabled = self.settings.disabled_reason(language, doc.path)
+        if disabled is not None:
             # say why in codeassist/status: "suggestions silently don't appear" is the complaint
-            self.pipeline.last_reason = (f"completions are off for {language or 'this language'} (codeassist.languages)"
-                                         if self.settings.languages and language not in self.settings.languages
-                                         else "this file matches codeassist.exclude")
+            self.pipeline.last_reason = disabled
             return None
         text = doc.source
         encoding = str(self.workspace.position_encoding or "utf-16")

@@ -40,9 +40,15 @@ class Settings:
     prefix_reuse: bool = True
 
     def is_enabled_for(self, language: str, path: str) -> bool:
+        return self.disabled_reason(language, path) is None
+
+    def disabled_reason(self, language: str, path: str) -> str | None:
+        """Why completions are off for this document (one sentence), or None when they are on."""
         if self.languages and language not in self.languages:
-            return False
-        return not any(fnmatch.fnmatch(path, g) for g in self.exclude)
+            return f"completions are off for {language or 'this language'} (codeassist.languages)"
+        if any(fnmatch.fnmatch(path, g) for g in self.exclude):
+            return "this file matches codeassist.exclude"
+        return None
 
 
 _CHOICES = {"backend": ("local", "remote"), "multiline": ("auto", "always", "never"),

@@ -29,8 +29,8 @@ The CPU int8 kernel picks one activation scale for the whole (M, K) input, so a 
 depends slightly on the rows beside it. A speculative verify step (several rows) can then flip
 a near-tie that a one-row decode step resolves the other way: speculative greedy equals plain
 greedy exactly only for float weights. A per-row variant (each row mapped onto [-1, 1], with an
-anchor row pinning the scale) made rows independent, but cost 60% more decode time (3.4 -> 5.5
-ms/token for the default model on one thread), so it was not kept.
+anchor row pinning the scale) made rows independent, but cost 60-70% more decode time (3.4 ->
+5.5 and 3.8 -> 6.4 ms/token in two runs, default model, one thread), so it was not kept.
 
 The CUDA paths were not run on a GPU here: the Triton kernel was checked with Triton's CPU
 interpreter, and the int4 one follows torch's tinygemm conventions (as torchao/gpt-fast call it).

@@ -107,7 +107,7 @@ def test_speculative_greedy_equals_plain_greedy_on_the_default_model() -> None:
     # the shipped weights, dequantized: with int8 the CPU kernel quantizes activations over the
     # whole input, so a verify step's rows can round differently from a one-row decode step and
     # flip a near-tie (it does on one token of this prompt with v1's int8 file; a per-row kernel
-    # that keeps them equal cost 60% more decode time, model/quantized.py)
+    # that keeps them equal cost 60-70% more decode time, model/quantized.py)
     from codeassist.model.quantized import dequantize_model
 
     model, _ = load_model(DEFAULT_MODEL)
