@@ -1,6 +1,6 @@
 """Team server under load: continuous batching against the same server taking one request at a time.
 
-    .venv/bin/python benchmarks/bench_serve.py [--model PATH] [--clients 16] [--requests 2]
+    .venv/bin/python benchmarks/bench_serve.py [--model PATH] [--clients 16] [--requests 4]
     BENCH_DEVICE=cuda .venv/bin/python benchmarks/bench_serve.py --preset gpt2 --levels 1,16,64
     BENCH_THREADS=1 ...   (the server's --threads; 1 on a CPU shared with other work)
 
@@ -207,7 +207,7 @@ def main() -> None:
                                     "by default random fp32 weights of --preset's shape")
     ap.add_argument("--preset", default="default", help="shape of the random model (default, gpt2, tiny)")
     ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--requests", type=int, default=2, help="requests per client in each mode")
+    ap.add_argument("--requests", type=int, default=4, help="requests per client in each mode")
     ap.add_argument("--skip-overload", action="store_true")
     ap.add_argument("--levels", help="instead: tokens/s of one batching server at these client counts, e.g. 1,16,64")
     args = ap.parse_args()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from codeassist.model.checkpoint import ModelFileError
+from codeassist.model.gpt import gelu_tanh
 from codeassist.model.hf_gpt2 import load_hf_gpt2
 from codeassist.model.tokenizer import N_GPT2
 from tests.conftest import make_tiny
@@ -21,6 +22,26 @@ def test_cached_forward_matches_full_forward() -> None:
         rest = [model(idx[:, t:t + 1], torch.tensor([[t]]), t + 1) for t in range(25, 40)]
     stepped = torch.cat([first, *rest], dim=1)
     torch.testing.assert_close(stepped, full, atol=1e-5, rtol=1e-4)
+
+
+def test_a_prompt_prefilled_in_chunks_matches_the_full_forward() -> None:
+    # the first chunk takes the causal kernel (T == kv_len), the later ones the masked path
+    model = make_tiny()
+    idx = torch.randint(0, 50000, (1, 30))
+    with torch.no_grad():
+        full = model(idx)
+        model.setup_kv_cache(1, 64)
+        chunks = [model(idx[:, a:b], torch.arange(a, b).unsqueeze(0), b) for a, b in ((0, 12), (12, 13), (13, 30))]
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_inference_gelu_is_the_tanh_approximation() -> None:
+    x = torch.linspace(-12, 12, 1 << 17)
+    ref = torch.nn.functional.gelu(x, approximate="tanh")
+    with torch.no_grad():  # the fast form; with autograd it is F.gelu itself
+        fast = gelu_tanh(x)
+    torch.testing.assert_close(fast, ref, atol=2e-6, rtol=0)
+    assert not torch.equal(fast, torch.nn.functional.gelu(x))  # not the erf form
 
 
 def test_rows_at_different_positions() -> None:
