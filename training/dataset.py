@@ -23,6 +23,12 @@ from codeassist.training.shards import Document, is_validation, read_manifest, w
 
 VAL_FRACTION = 0.1
 VAL_FILES = "val_files.jsonl"
+# A small project is trained on for many epochs. Its training split is written up to
+# MAX_FIM_PASSES times, each with new FIM spans, while the passes together stay under
+# FIM_PASS_CHARS of text (about 4M tokens): the spans then vary from epoch to epoch, as they
+# would with FIM applied on the fly, and the data stays fixed on disk for an exact resume.
+MAX_FIM_PASSES = 8
+FIM_PASS_CHARS = 16_000_000
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,7 @@ class Dataset:
     val_tokens: int
     train_files: int
     val_files: int
+    passes: int = 1  # FIM passes over the training files
 
 
 def _path_hash(path: str) -> int:
@@ -68,17 +75,29 @@ def compute_data_id(entries: dict[str, dict[str, object]], seed: int, fim_rate: 
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def fim_passes(train: Sequence[SourceFile], fim_rate: float = FIM_RATE) -> int:
+    """How many FIM passes to write for this training split (see FIM_PASS_CHARS)."""
+    chars = sum(len(f.text) for f in train)
+    if fim_rate <= 0 or chars == 0:
+        return 1
+    return max(1, min(MAX_FIM_PASSES, FIM_PASS_CHARS // chars))
+
+
 def build_dataset(files: Sequence[SourceFile], out_dir: Path, seed: int = 0,
                   val_fraction: float = VAL_FRACTION, fim_rate: float = FIM_RATE, workers: int = 2,
-                  progress: bool = False, source: str = "") -> Dataset:
-    """Write out_dir/{train,val}.bin, val_files.jsonl and manifest.json; deterministic in `files`."""
+                  progress: bool = False, source: str = "", passes: int | None = None) -> Dataset:
+    """Write out_dir/{train,val}.bin, val_files.jsonl and manifest.json; deterministic in `files`.
+
+    `passes`: FIM passes over the training files; by default `fim_passes(train)`.
+    """
     train, val = split_files(files, val_fraction)
     if not train:
         raise ValueError("no source files to train on")
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = {
         "train": write_split(_docs(train), out_dir, "train", seed=seed, fim_rate=fim_rate,
-                             workers=workers, progress=progress),
+                             workers=workers, progress=progress,
+                             passes=fim_passes(train, fim_rate) if passes is None else passes),
         "val": write_split(_docs(val), out_dir, "val", seed=seed, fim_rate=0.0, workers=workers,
                            progress=progress),
     }
@@ -93,7 +112,8 @@ def build_dataset(files: Sequence[SourceFile], out_dir: Path, seed: int = 0,
                                       "val_fraction": val_fraction, "tokenizer": TOKENIZER_NAME,
                                       "languages": languages, "source": source})
     return Dataset(folder=out_dir, data_id=data_id, train_tokens=_int(entries["train"]["tokens"]),
-                   val_tokens=_int(entries["val"]["tokens"]), train_files=len(train), val_files=len(val))
+                   val_tokens=_int(entries["val"]["tokens"]), train_files=len(train), val_files=len(val),
+                   passes=_int(entries["train"]["passes"]))
 
 
 def read_dataset(out_dir: Path) -> Dataset:
@@ -101,7 +121,7 @@ def read_dataset(out_dir: Path) -> Dataset:
     splits: dict[str, dict[str, object]] = m["splits"]  # type: ignore[assignment]
     return Dataset(folder=out_dir, data_id=str(m["data_id"]), train_tokens=_int(splits["train"]["tokens"]),
                    val_tokens=_int(splits["val"]["tokens"]), train_files=_int(splits["train"]["documents"]),
-                   val_files=_int(splits["val"]["documents"]))
+                   val_files=_int(splits["val"]["documents"]), passes=_int(splits["train"].get("passes", 1)))
 
 
 def read_val_files(out_dir: Path) -> list[SourceFile]:

@@ -185,7 +185,8 @@ def _run(opts: FinetuneOptions, env: ddp.DistEnv, out: TextIO, confirm: Callable
     model, origin = load_init_model(opts.init_from, opts.preset, opts.seed)
     cfg = _train_config(opts, model, dataset.train_tokens, env.world_size, env.device)
     val = load_split(data, "val") if dataset.val_tokens > cfg.seq_len + 1 else None
-    say(f"training {origin} on {dataset.train_tokens:,} tokens ({dataset.train_files} files; "
+    passes = f", {dataset.passes} FIM passes" if dataset.passes > 1 else ""
+    say(f"training {origin} on {dataset.train_tokens:,} tokens ({dataset.train_files} files{passes}; "
         f"{dataset.val_files} held out) with {env.world_size} process(es) on {env.device}")
     bar = ProgressBar(cfg, opts.progress and env.is_main)
     try:

@@ -27,9 +27,10 @@ class Document:
     text: str
 
 
-def _document_ids(args: tuple[str, str, int, float]) -> list[int]:
-    path, text, seed, fim_rate = args
-    rng = random.Random(f"{seed}:{path}")  # per-document seed: output independent of worker order
+def _document_ids(args: tuple[str, str, int, float, int]) -> list[int]:
+    path, text, seed, fim_rate, fim_pass = args
+    # per-document seed: output independent of worker order; each pass draws its own FIM spans
+    rng = random.Random(f"{seed}:{path}" if fim_pass == 0 else f"{seed}:{fim_pass}:{path}")
     ids: list[int] = []
     for chunk in split_into_chunks(text, CHUNK_CHARS):
         ids.extend(fim_sample(chunk, rng, fim_rate=fim_rate))
@@ -37,14 +38,19 @@ def _document_ids(args: tuple[str, str, int, float]) -> list[int]:
 
 
 def write_split(docs: Sequence[Document], out_dir: Path, split: str, seed: int = 0,
-                fim_rate: float = FIM_RATE, workers: int = 2, progress: bool = False) -> dict[str, object]:
-    """Tokenize `docs` (in order) into `out_dir/{split}.bin`; returns its manifest entry."""
+                fim_rate: float = FIM_RATE, workers: int = 2, progress: bool = False,
+                passes: int = 1) -> dict[str, object]:
+    """Tokenize `docs` (in order) into `out_dir/{split}.bin`; returns its manifest entry.
+
+    With `passes` > 1 the documents are written that many times, each pass with its own FIM
+    spans, so that several epochs over a small project do not repeat one FIM sample per chunk.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{split}.bin"
     tmp = path.with_suffix(".bin.tmp")
     sha = hashlib.sha256()
     n_tokens = 0
-    jobs = [(d.path, d.text, seed, fim_rate) for d in docs]
+    jobs = [(d.path, d.text, seed, fim_rate, p) for p in range(passes) for d in docs]
     from tqdm import tqdm  # a progress bar on stderr
 
     bar = tqdm(total=len(jobs), desc=f"tokenize {split}", unit="file", disable=not progress, file=sys.stderr)
@@ -62,7 +68,7 @@ def write_split(docs: Sequence[Document], out_dir: Path, split: str, seed: int =
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return {"file": path.name, "tokens": n_tokens, "sha256": sha.hexdigest(), "documents": len(docs),
-            "files": sorted(d.path for d in docs)}
+            "passes": passes, "files": sorted(d.path for d in docs)}
 
 
 def write_manifest(out_dir: Path, entries: dict[str, dict[str, object]], extra: dict[str, object]) -> None:

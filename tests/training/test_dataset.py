@@ -7,8 +7,16 @@ from pathlib import Path
 import numpy as np
 
 from codeassist.model.tokenizer import FIM_MIDDLE_ID, decode, encode
-from codeassist.training.collect import collect
-from codeassist.training.dataset import build_dataset, read_dataset, read_val_files, split_files
+from codeassist.training.collect import SourceFile, collect
+from codeassist.training.dataset import (
+    FIM_PASS_CHARS,
+    MAX_FIM_PASSES,
+    build_dataset,
+    fim_passes,
+    read_dataset,
+    read_val_files,
+    split_files,
+)
 from codeassist.training.shards import load_split, read_manifest
 
 from .fixtures import SECRET_CODE, SECRETS, code_file, init_repo, write
@@ -81,3 +89,20 @@ def test_split_holds_out_at_least_one_file(tmp_path: Path) -> None:
     train, val = split_files(files, val_fraction=0.0)
     assert len(train) == 1 and len(val) == 1
     assert split_files(files, 0.0) == (train, val)
+
+
+def test_a_small_project_gets_several_fim_passes_each_with_its_own_spans(tmp_path: Path) -> None:
+    files = collect([_fixture_repo(tmp_path)]).files
+    one = build_dataset(files, tmp_path / "one", workers=1, passes=1)
+    auto = build_dataset(files, tmp_path / "auto", workers=2)  # a tiny project: the most passes
+    assert read_manifest(tmp_path / "auto")["splits"]["train"]["passes"] == MAX_FIM_PASSES  # type: ignore[index]
+    first = np.asarray(load_split(tmp_path / "one", "train"))
+    every = np.asarray(load_split(tmp_path / "auto", "train"))
+    assert np.array_equal(every[:len(first)], first)  # pass 0 is the single-pass split
+    assert len(every) > (MAX_FIM_PASSES - 1) * len(first)  # eight passes of the same files
+    assert auto.data_id != one.data_id and auto.val_tokens == one.val_tokens
+    # the FIM samples differ between passes: not every pass repeats pass 0's middles
+    assert not np.array_equal(every[len(first):2 * len(first)], first)
+    assert fim_passes(files, fim_rate=0.0) == 1
+    big = [SourceFile(path="a.py", language="python", text="x = 1\n" * (FIM_PASS_CHARS // 6 + 1))]
+    assert fim_passes(big) == 1
