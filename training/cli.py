@@ -51,10 +51,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="only these languages (default: every one found, Python first)")
     adv = p.add_argument_group("advanced")
     adv.add_argument("--preset", default="default", help="model shape for --init-from scratch")
-    adv.add_argument("--batch-size", type=_positive, default=8, help="sequences per step, all processes")
-    adv.add_argument("--micro-batch", type=_positive, default=4, help="sequences per forward pass")
-    adv.add_argument("--seq-len", type=_positive, default=512)
-    adv.add_argument("--lr", type=float, default=None, help="peak learning rate (3e-4 fine-tuning)")
+    adv.add_argument("--batch-size", type=_positive, default=4, help="sequences per step, all processes")
+    adv.add_argument("--micro-batch", type=_positive, default=None,
+                     help="sequences per forward pass (default: up to 4, the batch split over the processes)")
+    adv.add_argument("--seq-len", type=_positive, default=1024)
+    adv.add_argument("--lr", type=float, default=None,
+                     help="peak learning rate (default: 1e-3 x 256 / model width; 1e-3 from scratch)")
     adv.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                      help="auto: bf16 autocast on CUDA, fp32 on CPU")
     adv.add_argument("--eval-interval", type=_positive, default=100)

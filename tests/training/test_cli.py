@@ -126,3 +126,23 @@ def test_init_from_a_quantized_model_dequantizes_it(tmp_path: Path) -> None:
     assert params and all(p.dtype == torch.float32 and p.requires_grad for p in params.values())
     w, ref = params["transformer.h.0.mlp.c_fc.weight"], base.transformer.h[0].mlp.c_fc.weight
     assert (w - ref).abs().max() < 0.05 * ref.abs().max()  # int8 round trip, now trainable floats
+
+
+def test_default_batch_fits_the_processes_and_learning_rate_scales_with_width() -> None:
+    from codeassist.model.config import get_preset
+    from codeassist.training.finetune import TrainError, _train_config, default_lr
+    from codeassist.training.loop import build_model
+
+    model = build_model(get_preset("tiny"), seed=0)
+    opts = FinetuneOptions(paths=("x",))
+    cpu = torch.device("cpu")
+    for world, micro in ((1, 4), (2, 2), (4, 1)):
+        cfg = _train_config(opts, model, 10**6, world, cpu)
+        assert (cfg.batch_size, cfg.grad_accum) == (micro, 4 // micro)  # 4 sequences a step in all
+        assert cfg.seq_len == min(1024, model.config.block_size)
+    with pytest.raises(TrainError, match="multiple of --micro-batch 1 times the 8 processes"):
+        _train_config(opts, model, 10**6, 8, cpu)
+    width = model.config.n_embd
+    assert default_lr(model, scratch=False) == pytest.approx(1e-3 * 256 / width)
+    assert default_lr(model, scratch=True) == 1e-3
+    assert _train_config(FinetuneOptions(paths=("x",), lr=5e-5), model, 10**6, 1, cpu).lr == 5e-5
