@@ -106,8 +106,9 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 
     Without autograd, on a CPU and for a prompt's worth of rows, it is computed as
     x * sigmoid(2c (x + 0.044715 x^3)), the same function (tanh z = 2 sigmoid(2z) - 1) in five
-    vectorised passes: 1.6x faster than F.gelu's tanh form on a 300-token prefill, within 1e-6
-    of it. A decode step's few rows keep the single call (five dispatches cost more there).
+    vectorised passes, within 1e-6 of F.gelu's tanh form: 1.6x faster alone at a 300-token
+    prefill's shape, 5.4 -> 4.4 ms of GELU inside the whole prefill. A decode step's few rows
+    keep the single call (five dispatches cost more there).
     """
     if torch.is_grad_enabled() or x.device.type != "cpu" or x.numel() < _GELU_FAST_MIN:
         return F.gelu(x, approximate="tanh")
