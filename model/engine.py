@@ -294,8 +294,7 @@ class Engine:
         # right-pad: slots past a row's length are masked, then overwritten by its own decode steps
         x = torch.tensor([p + [tok.EOT_ID] * (T - len(p)) for p, _, _ in fitted], device=self.device)
         pos = torch.arange(T, device=self.device).unsqueeze(0)
-        hidden = self.model.hidden_states(x, pos, T)  # (B, T, C): the head runs on each row's last token only
-        logits = self.model.lm_head(hidden[torch.arange(B), torch.tensor(lengths) - 1]).float()  # (B, vocab)
+        logits = self.model.last_token_logits(x, pos, T, lengths).float()  # (B, vocab)
         prefill_ms = (time.perf_counter() - t0) * 1e3
         gens = [_generator(r.seed, self.device) for r in reqs]
         outs: list[list[int]] = [[] for _ in reqs]

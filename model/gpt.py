@@ -215,6 +215,16 @@ class GPT(nn.Module):
         logits: torch.Tensor = self.lm_head(x)
         return logits
 
+    def last_token_logits(self, idx: torch.Tensor, input_pos: torch.Tensor, kv_len: int,
+                          lengths: list[int]) -> torch.Tensor:
+        """Logits (B, vocab) after each row's last real token, for right-padded rows of `lengths`
+        tokens: the head runs on B positions, not B x T."""
+        hidden = self.hidden_states(idx, input_pos, kv_len)  # (B, T, C)
+        rows = torch.arange(idx.size(0), device=idx.device)
+        last = torch.tensor(lengths, device=idx.device) - 1
+        logits: torch.Tensor = self.lm_head(hidden[rows, last])
+        return logits
+
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         loss: torch.Tensor = self(idx, targets=targets)
         return loss

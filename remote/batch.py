@@ -81,10 +81,7 @@ class BatchState:
             # right-pad: each row's padding slots are masked, then overwritten by its decode steps
             x = torch.tensor([p + [0] * (T - len(p)) for p in prompts], device=self.device)  # (m, T)
             pos = torch.arange(T, device=self.device).unsqueeze(0)  # (1, T): same slots in every row
-            hidden = self.model.hidden_states(x, pos, T)  # (m, T, C)
-            last = hidden[torch.arange(m, device=self.device),
-                          torch.tensor(lengths, device=self.device) - 1]  # (m, C)
-            logits: torch.Tensor = self.model.lm_head(last).float()  # (m, vocab)
+            logits = self.model.last_token_logits(x, pos, T, lengths).float()  # (m, vocab)
         finally:
             self._install(self.caches)
         # the token to feed is decided by the caller after sampling; -1 marks "not yet sampled"
