@@ -26,6 +26,16 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -62,7 +72,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     adv.add_argument("--eval-interval", type=_positive, default=100)
     adv.add_argument("--ckpt-interval", type=_positive, default=50)
     adv.add_argument("--keep-checkpoints", type=_positive, default=3)
-    adv.add_argument("--gate-lines", type=int, default=100, help="held-out lines the gate completes")
+    adv.add_argument("--max-epochs", type=_positive_float, default=4.0, metavar="E",
+                     help="end the run after E passes over the training data, before the time budget if "
+                          "that comes first (default 4: small projects overfit after that)")
+    adv.add_argument("--gate-lines", type=int, default=300, help="held-out lines the gate completes")
     adv.add_argument("--seed", type=int, default=0)
     adv.add_argument("--workers", type=_positive, default=2, help="processes for collecting and tokenizing")
     adv.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -88,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         time_budget = 30 * 60.0
     opts = finetune.FinetuneOptions(
         paths=tuple(args.paths), out=args.out, init_from=args.init_from, preset=args.preset,
-        time_budget_s=time_budget, max_iters=args.max_iters, resume=args.resume, yes=args.yes,
+        time_budget_s=time_budget, max_iters=args.max_iters, max_epochs=args.max_epochs,
+        resume=args.resume, yes=args.yes,
         languages=tuple(x.strip() for x in args.languages.split(",") if x.strip()),
         batch_size=args.batch_size, micro_batch=args.micro_batch, seq_len=args.seq_len, lr=args.lr,
         precision=args.precision, eval_interval=args.eval_interval, ckpt_interval=args.ckpt_interval,

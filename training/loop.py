@@ -37,7 +37,7 @@ class TrainConfig:
     batch_size: int = 8  # sequences per micro-batch
     seq_len: int = 1024
     grad_accum: int = 1
-    max_iters: int = 1000  # optimizer steps; with time_budget_s, replaced by what fits the budget
+    max_iters: int = 1000  # optimizer steps; with time_budget_s too, the run ends at the first
     time_budget_s: float | None = None
     lr: float = 1e-3
     min_lr: float = 1e-4
@@ -58,13 +58,13 @@ class TrainConfig:
 
 
 def lr_at(it: int, cfg: TrainConfig, max_iters: int, time_fraction: float | None = None) -> float:
-    """Warmup, then cosine decay to min_lr over the steps, or over the time budget when one is set."""
+    """Warmup, then cosine decay to min_lr over the steps; with a time budget as well, over the
+    budget or the steps, whichever is further along (the run ends at the first of the two)."""
     if it < cfg.warmup_iters:
         return cfg.lr * (it + 1) / cfg.warmup_iters
+    ratio = min(1.0, (it - cfg.warmup_iters) / max(1, max_iters - cfg.warmup_iters))
     if time_fraction is not None:
-        ratio = min(1.0, time_fraction)
-    else:
-        ratio = min(1.0, (it - cfg.warmup_iters) / max(1, max_iters - cfg.warmup_iters))
+        ratio = max(ratio, min(1.0, time_fraction))
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
 
 

@@ -66,6 +66,25 @@ def test_train_collects_trains_gates_installs_and_rolls_back(tmp_path: Path, tin
     assert read_info(named_model_path("t1")).provenance["steps"] == 0
 
 
+def test_a_small_project_ends_after_max_epochs_before_the_time_budget(tmp_path: Path, tiny_model_file: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from codeassist.training.dataset import read_dataset
+    from codeassist.training.finetune import epoch_iters
+
+    repo = _repo(tmp_path, n=3)
+    rc = main(["train", str(repo), "--init-from", str(tiny_model_file), "--time-budget", "1h", "--max-epochs",
+               "0.5", "--yes", "--out", "t4", "--gate-lines", "0", *FAST])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    steps = epoch_iters(0.5, read_dataset(run_dir("t4") / "data").train_tokens, 2 * 32)
+    assert 1 < steps < 200
+    assert f"the run ends after 60 minutes or {steps:,} steps (0.5 passes over the data)" in out
+    assert len(_losses("t4")) == steps and f"trained {steps} steps" in out
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
+        main(["train", str(repo), "--max-epochs", "0", "--out", "t4", *FAST])
+    assert exit_info.value.code == 2 and "--max-epochs: 0 must be a positive number" in capsys.readouterr().err
+
+
 def test_confirmation_and_resume_errors(tmp_path: Path, tiny_model_file: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     repo = _repo(tmp_path, n=3)
@@ -146,3 +165,21 @@ def test_default_batch_fits_the_processes_and_learning_rate_scales_with_width() 
     assert default_lr(model, scratch=False) == pytest.approx(1e-3 * 256 / width)
     assert default_lr(model, scratch=True) == 1e-3
     assert _train_config(FinetuneOptions(paths=("x",), lr=5e-5), model, 10**6, 1, cpu).lr == 5e-5
+    # the run's length: 4 passes over the training tokens unless --max-iters says otherwise
+    seq = min(1024, model.config.block_size)
+    assert cfg.max_iters == -(-4 * 10**6 // (4 * seq))
+    assert _train_config(FinetuneOptions(paths=("x",), max_epochs=0.5), model, 10**6, 1, cpu).max_iters == \
+        -(-10**6 // (2 * 4 * seq))
+    assert _train_config(FinetuneOptions(paths=("x",), max_iters=7), model, 10**6, 1, cpu).max_iters == 7
+
+
+def test_learning_rate_decays_by_the_budget_or_the_steps_whichever_is_further() -> None:
+    from codeassist.training.loop import TrainConfig, lr_at
+
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_iters=10)
+    assert lr_at(4, cfg, 110, time_fraction=0.9) == pytest.approx(5e-4)  # warm-up first
+    half = 1e-4 + 0.5 * 9e-4  # cosine at its middle
+    assert lr_at(60, cfg, 110) == pytest.approx(half)  # by steps alone
+    assert lr_at(60, cfg, 110, time_fraction=0.1) == pytest.approx(half)  # the steps are further along
+    assert lr_at(20, cfg, 110, time_fraction=0.5) == pytest.approx(half)  # the clock is further along
+    assert lr_at(20, cfg, 10**9, time_fraction=1.5) == pytest.approx(1e-4)  # a budget alone; past it, min_lr
