@@ -183,3 +183,23 @@ def test_learning_rate_decays_by_the_budget_or_the_steps_whichever_is_further() 
     assert lr_at(60, cfg, 110, time_fraction=0.1) == pytest.approx(half)  # the steps are further along
     assert lr_at(20, cfg, 110, time_fraction=0.5) == pytest.approx(half)  # the clock is further along
     assert lr_at(20, cfg, 10**9, time_fraction=1.5) == pytest.approx(1e-4)  # a budget alone; past it, min_lr
+
+
+def test_progress_bar_follows_the_limit_that_is_further_along(capsys: pytest.CaptureFixture[str]) -> None:
+    from codeassist.training.finetune import ProgressBar
+    from codeassist.training.loop import TrainConfig
+
+    def at(bar: ProgressBar, step: int, elapsed_s: float) -> float:
+        bar({"step": step, "max_iters": 10, "elapsed_s": elapsed_s, "loss": 1.0, "tok_s": 100.0,
+             "val_loss": None})
+        return float(bar.bar.n)
+
+    timed = ProgressBar(TrainConfig(max_iters=10, time_budget_s=100.0), enabled=True)
+    assert at(timed, 5, 10.0) == 500  # the steps lead
+    assert at(timed, 6, 90.0) == 900  # the clock leads
+    assert at(timed, 7, 150.0) == 1000  # past the budget: full, not over
+    timed.close()
+    by_steps = ProgressBar(TrainConfig(max_iters=10), enabled=True)
+    assert at(by_steps, 3, 500.0) == 3
+    by_steps.close()
+    assert "loss 1.000" in capsys.readouterr().err
