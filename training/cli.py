@@ -74,7 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     adv.add_argument("--keep-checkpoints", type=_positive, default=3)
     adv.add_argument("--max-epochs", type=_positive_float, default=4.0, metavar="E",
                      help="end the run after E passes over the training data, before the time budget if "
-                          "that comes first (default 4: small projects overfit after that)")
+                          "that comes first (default 4: after more, a small project's held-out loss rose past the start's)")
     adv.add_argument("--gate-lines", type=int, default=300, help="held-out lines the gate completes")
     adv.add_argument("--seed", type=int, default=0)
     adv.add_argument("--workers", type=_positive, default=2, help="processes for collecting and tokenizing")
