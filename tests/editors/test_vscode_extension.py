@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -47,3 +50,20 @@ def test_vsix_holds_the_bundle_and_the_contract_settings(vsix: Path) -> None:
     for needed in ("enable", "disable", "enableLanguage", "disableLanguage", "restartServer", "showStatus",
                    "showLog", "chooseModel", "triggerCompletion", "setApiKey", "installServer"):
         assert f"codeassist.{needed}" in commands
+
+
+def test_plain_vsce_package_bundles_first(extension_modules: Path, tmp_path: Path) -> None:
+    """`vsce package` alone, as publishing to the Marketplace runs it, from a tree with no dist/: the
+    `vscode:prepublish` script must build the bundle, or vsce stops with "entrypoint(s) missing"."""
+    tree = tmp_path / "vscode-extension"
+    shutil.copytree(EXTENSION, tree, ignore=shutil.ignore_patterns("node_modules", "dist", "out", "e2e", "*.vsix"))
+    (tree / "node_modules").symlink_to(extension_modules, target_is_directory=True)
+    assert not (tree / "dist").exists()
+    out = tmp_path / "plain.vsix"
+    env = {**os.environ, "npm_config_update_notifier": "false", "npm_config_fund": "false"}
+    proc = subprocess.run([str(extension_modules / ".bin" / "vsce"), "package", "--out", str(out)], cwd=tree,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with zipfile.ZipFile(out) as z:
+        bundle = z.read("extension/dist/extension.js").decode()
+    assert "textDocument/inlineCompletion" in bundle  # the esbuild bundle, languageclient included
