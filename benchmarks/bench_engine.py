@@ -273,22 +273,30 @@ def hf_runner(hf: torch.nn.Module, new: int, repeats: int) -> Runner:
     return run
 
 
-def shape_models(shape: str, model_file: Path | None) -> tuple[GPT, torch.nn.Module, str]:
+def shape_models(shape: str, model_file: Path | None) -> tuple[GPT, GPT | None, torch.nn.Module, str]:
+    """(fp32 GPT, its int8 version or None, transformers' GPT-2 on the fp32 weights, a label).
+
+    A quantized model file (the embedded default is int8) is its own int8 row; the fp32 rows and
+    transformers run its dequantized weights, which compute what the int8 model approximates."""
     if shape == "default" and model_file is not None:
         from codeassist.model.checkpoint import load_model
+        from codeassist.model.quantized import dequantize_model, is_quantized
 
-        ours, _ = load_model(model_file)
-        return ours, hf_from_ours(ours), f"weights {model_file.name}"
+        loaded, info = load_model(model_file)
+        if is_quantized(loaded):
+            ours = dequantize_model(loaded).eval()
+            return ours, loaded, hf_from_ours(ours), f"weights {model_file.name}, {info.scheme} (fp32: dequantized)"
+        return loaded, quantize_int8(loaded), hf_from_ours(loaded), f"weights {model_file.name}"
     ours = GPT(get_preset(shape))  # the full vocabulary: code prompts use the space-run tokens
     ours.init_weights(seed=0)
-    return ours.eval(), hf_from_ours(ours), "random weights"
+    ours.eval()
+    return ours, quantize_int8(ours), hf_from_ours(ours), "random weights"
 
 
 def code_table(shape: str, model_file: Path | None, groups: dict[str, list[list[int]]], new: int,
                repeats: int, num_draft: int) -> None:
-    ours, hf, weights = shape_models(shape, model_file)
+    ours, q8, hf, weights = shape_models(shape, model_file)
     cpu = torch.device("cpu")
-    q8 = quantize_int8(ours)
     lookup = SpeculationParams(method="prompt_lookup", num_draft=num_draft)
     draft = SpeculationParams(method="draft", num_draft=num_draft)
     fp32 = Engine(ours, cpu, torch.float32, draft_model=q8)
