@@ -1,5 +1,9 @@
 """`codeassist eval PATH... [--samples N] [--json] [--typing]`: the headless harness.
 
+`codeassist eval --repo PATH [--repo PATH...] [--configs off,on]`: the repository-level eval
+(repo_eval.py): line cases cut in a copy of each repository, opened as the server's workspace,
+one fresh server per configuration, beside the copy heuristic on the same cases.
+
 Starts the real language server over stdio, as an editor does, and scores what it suggests.
 Top-level imports stay light (argparse only).
 """
@@ -10,8 +14,13 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to evaluate on")
-    parser.add_argument("--samples", type=int, default=100, help="cursor positions to try (default 100)")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="files or folders to evaluate on")
+    parser.add_argument("--repo", action="append", default=[], metavar="PATH",
+                        help="a repository to evaluate as the server's workspace (repeatable)")
+    parser.add_argument("--configs", default="off,on",
+                        help="with --repo: server configurations, a comma list of off, on, copy, repo (default off,on)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="cursor positions to try (default 100; 200 per repository with --repo)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--typing", action="store_true",
                         help="type the first file character by character and report latency per keystroke")
@@ -34,15 +43,21 @@ def run(args: argparse.Namespace) -> int:
     from codeassist.cli.errors import UserError
     from codeassist.lsp import harness
 
-    files = harness.collect_files(args.paths)
-    if not files:
-        raise UserError("no source files found under the given paths")
+    if bool(args.paths) == bool(args.repo):
+        raise UserError("give either files or folders to evaluate (PATH...) or repositories (--repo PATH), not both or neither")
+    if args.samples is None:
+        args.samples = 200 if args.repo else 100
     if args.samples < 1 or args.chars < 1:
         raise UserError("--samples and --chars must be at least 1")
     cmd = harness.server_command(args.model, args.device, args.backend)
     settings: dict[str, object] = {"cache": not args.no_cache, "prefixReuse": not args.no_prefix_reuse}
     if args.time_budget_ms is not None:
         settings["timeBudgetMs"] = args.time_budget_ms
+    if args.repo:
+        return run_repos(args, cmd, settings)
+    files = harness.collect_files(args.paths)
+    if not files:
+        raise UserError("no source files found under the given paths")
     options = {"codeassist": settings}
     try:
         if args.typing:
@@ -62,4 +77,44 @@ def run(args: argparse.Namespace) -> int:
         print(f"{report.samples} samples from {len(files)} files (model ready after {report.ready_s:.1f} s)")
         print(f"exact match {report.exact_match:.1%}, edit similarity {report.edit_similarity:.3f}, "
               f"empty {report.empty_rate:.1%}, latency p50 {report.p50_ms:.1f} ms, p95 {report.p95_ms:.1f} ms")
+    return 0
+
+
+def run_repos(args: argparse.Namespace, cmd: list[str], settings: dict[str, object]) -> int:
+    import asyncio
+    import json
+    from pathlib import Path
+
+    from codeassist.cli.errors import UserError
+    from codeassist.lsp import repo_eval
+
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in configs if c not in repo_eval.CONFIGS]
+    if not configs or unknown:
+        raise UserError(f"--configs takes a comma list of {', '.join(repo_eval.CONFIGS)}; got {args.configs!r}")
+    if args.typing:
+        raise UserError("--typing evaluates files, not repositories: drop --repo or --typing")
+    roots = [Path(r) for r in args.repo]
+    missing = [str(r) for r in roots if not r.is_dir()]
+    if missing:
+        raise UserError(f"--repo takes a folder: {missing[0]} is not one")
+    results = []
+    for root in roots:
+        try:
+            results.append(asyncio.run(repo_eval.evaluate_repo(root, args.samples, args.seed, configs, cmd, settings)))
+        except (RuntimeError, ValueError) as exc:
+            raise UserError(str(exc)) from None
+    means = repo_eval.mean_figures(results)
+    if args.json:
+        print(json.dumps({"repos": [{"repo": r.repo, "files": r.files,
+                                     "rows": {n: rep.to_dict(with_cases=args.cases) for n, rep in r.rows.items()}}
+                                    for r in results],
+                          "mean": means}, default=str, indent=2))
+        return 0
+    for r in results:
+        samples = next(iter(r.rows.values())).samples
+        title = f"{r.repo}: {samples} lines from {r.files} files"
+        print(repo_eval.format_table(title, {n: repo_eval.row_figures(rep) for n, rep in r.rows.items()}) + "\n")
+    if len(results) > 1:
+        print(repo_eval.format_table(f"mean of {len(results)} repositories", means))
     return 0
