@@ -64,6 +64,10 @@ class Backend(Protocol):
 
     def status(self) -> BackendStatus: ...
 
+    async def wait_until_ready(self, timeout_s: float) -> BackendStatus:
+        """The status once the backend is ready or has failed, or after `timeout_s`, whichever is first;
+        the event loop keeps running meanwhile. For requests the user asked for explicitly."""
+
     async def complete(self, request: CompletionRequest) -> BackendResult:
         """Cancelling the awaiting task stops the work (within one decode step locally)."""
 
@@ -113,8 +117,17 @@ class LocalBackend:
             self._loaded.set()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block this thread until the model has loaded (True) or failed (False), at most `timeout`."""
         self._loaded.wait(timeout)
         return self._engine is not None
+
+    async def wait_until_ready(self, timeout_s: float) -> BackendStatus:
+        if not self._loaded.is_set():
+            self.start()
+            # a worker thread waits on the load, so the event loop keeps answering; cancelling the
+            # awaiting request leaves that thread waiting out at most timeout_s
+            await asyncio.to_thread(self._loaded.wait, max(0.0, timeout_s))
+        return self.status()
 
     def status(self) -> BackendStatus:
         engine = self._engine
@@ -186,6 +199,9 @@ class FakeBackend:
         return BackendStatus("fake", "fake", "cpu", self.ready, None if self.ready else self.reason,
                              context_tokens=1024)
 
+    async def wait_until_ready(self, timeout_s: float) -> BackendStatus:
+        return self.status()  # it never loads anything
+
     async def complete(self, request: CompletionRequest) -> BackendResult:
         if not self.ready:
             return BackendResult("", "unavailable", self.reason)
@@ -229,6 +245,9 @@ class RemoteBackend:
                                  "codeassist.remote.url is not set")
         return BackendStatus("remote", self.config.model or self.config.url, "remote", True,
                              self._last_error)
+
+    async def wait_until_ready(self, timeout_s: float) -> BackendStatus:
+        return self.status()  # ready unless unconfigured; connections open on the first request
 
     def _get_client(self) -> Any:
         if self._client is None:
