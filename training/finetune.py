@@ -231,7 +231,9 @@ def _run(opts: FinetuneOptions, env: ddp.DistEnv, out: TextIO, confirm: Callable
     bar.close()
     if not env.is_main:
         return 0
-    save_loss_curve(folder / "loss.png", state.losses, state.val_losses)
+    no_chart = save_loss_curve(folder / "loss.png", state.losses, state.val_losses)
+    if no_chart:
+        say(no_chart)
     say(f"trained {state.step} steps, {state.tokens_seen:,} tokens in {state.elapsed_s:.0f} s; "
         f"last loss {state.losses[-1] if state.losses else math.nan:.3f}")
     return _gate_and_install(opts, folder, data, out)
@@ -283,8 +285,10 @@ def install_model(candidate: Path, name: str, curve: Path | None = None) -> Path
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.copyfile(candidate, tmp)
     os.replace(tmp, target)
-    if curve is not None and curve.exists():
-        shutil.copyfile(curve, target.with_suffix(".loss.png"))
+    if curve is not None:  # the loss chart and its metrics (loss.png, loss.jsonl), as NAME.loss.png/.jsonl
+        for made in (curve, curve.with_suffix(".jsonl")):
+            if made.exists():
+                shutil.copyfile(made, target.with_suffix(".loss" + made.suffix))
     return target
 
 
