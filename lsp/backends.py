@@ -36,6 +36,7 @@ class CompletionRequest:
     stop: tuple[str, ...] = ()  # decided while decoding; never matched inside prompt.forced
     time_budget_s: float | None = None
     reuse_prefix: bool = True
+    copy: tuple[str, ...] = ()  # copy candidates (begin with prompt.forced); the model decides
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class BackendResult:
     prompt_tokens: int = 0
     reused_tokens: int = 0
     ms: float = 0.0
+    copied: bool = False  # the text began with a copy candidate the model accepted
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,7 @@ class LocalBackend:
 
     @staticmethod
     def _generate(engine: Engine, request: CompletionRequest, cancel: threading.Event) -> BackendResult:
-        from codeassist.model.engine import GenerationRequest, StopRules
+        from codeassist.model.engine import CopyParams, GenerationRequest, StopRules
         from codeassist.model.sampling import SamplingParams
 
         if cancel.is_set():
@@ -164,11 +166,12 @@ class LocalBackend:
             prompt=prompt.ids, forced_prefix=prompt.forced.encode("utf-8"),
             sampling=SamplingParams(temperature=request.temperature),
             stop=StopRules(max_new_tokens=request.max_tokens, stop_strings=request.stop,
-                           time_budget_s=request.time_budget_s))
+                           time_budget_s=request.time_budget_s),
+            copy=CopyParams(candidates=request.copy))
         result = engine.generate(req, cancel)
         return BackendResult(strip_forced(result.text, prompt.forced), result.stop_reason,
                              prompt_tokens=result.prompt_tokens, reused_tokens=result.reused_tokens,
-                             ms=result.total_ms)
+                             ms=result.total_ms, copied=result.copied is not None)
 
     async def aclose(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

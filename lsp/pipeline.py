@@ -18,8 +18,9 @@ from codeassist.lsp.backends import Backend, CompletionRequest
 from codeassist.lsp.cache import CompletionCache
 from codeassist.lsp.context import CompletionContext, Mode, completion_mode
 from codeassist.lsp.postprocess import postprocess
-from codeassist.lsp.prompt import build_prompt
+from codeassist.lsp.prompt import Prompt, build_prompt
 from codeassist.lsp.settings import Settings
+from codeassist.lsp.workspace import WorkspaceIndex
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class Pipeline:
         self.latency = LatencyWindow()
         self.last_reason: str | None = None
         self._inflight: dict[tuple[str, str], asyncio.Task[Any]] = {}
+        self.workspace: WorkspaceIndex | None = None  # copy candidates from the user's code
+        self.copies_taken = 0
 
     async def complete(self, ctx: CompletionContext, invoked: bool = False, channel: str = "inline"
                        ) -> Completion:
@@ -105,6 +108,8 @@ class Pipeline:
         if s.debounce_ms:
             await asyncio.sleep(s.debounce_ms / 1000)
         status = self.backend.status()
+        if not status.ready and invoked:  # the user asked: wait for the model, up to the time budget
+            status = await self.backend.wait_until_ready(s.time_budget_ms / 1000)
         if not status.ready:
             return Completion("", mode, status.reason or "the backend is not ready", latency_ms=_ms(t0))
         max_tokens = s.max_tokens
@@ -113,7 +118,7 @@ class Pipeline:
         budget_ms = s.time_budget_ms if invoked else min(s.time_budget_ms, TYPING_TIME_BUDGET_MS)
         request = CompletionRequest(prompt=prompt, max_tokens=max_tokens, temperature=s.temperature,
                                     stop=stop_strings(ctx, mode), time_budget_s=budget_ms / 1000,
-                                    reuse_prefix=s.prefix_reuse)
+                                    reuse_prefix=s.prefix_reuse, copy=self._copy_candidates(ctx, prompt))
         t1 = time.perf_counter()
         result = await self.backend.complete(request)
         log.debug("prompt %.1f ms, backend %.1f ms (engine %.1f ms, %d tokens, %d reused)", (t1 - t0) * 1e3,
@@ -123,10 +128,20 @@ class Pipeline:
         if not text:
             reason = result.reason or (f"the suggestion was dropped by {dropped_by}" if dropped_by
                                        else "the model suggested nothing")
-        elif s.cache:
-            self.cache.store(ctx, text)
+        else:
+            self.copies_taken += result.copied
+            if s.cache:
+                self.cache.store(ctx, text)
         return Completion(text, mode, reason, latency_ms=_ms(t0), prompt_tokens=result.prompt_tokens,
                           reused_tokens=result.reused_tokens)
+
+
+    def _copy_candidates(self, ctx: CompletionContext, prompt: Prompt) -> tuple[str, ...]:
+        if not self.settings.copy or self.workspace is None or not prompt.tail:
+            return ()
+        cursor = ctx.prefix_offset + len(ctx.prefix)
+        found = self.workspace.candidates(ctx.uri, cursor, list(prompt.tail), prompt.forced)
+        return tuple(prompt.forced + c.text[len(prompt.forced):] for c in found)
 
 
 def stop_strings(ctx: CompletionContext, mode: Mode) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ SUFFIX_TOKENS = 256  # "a few hundred": the model was trained on ~3,000-characte
 CUT_QUANTUM = 256  # the prefix is cut only at absolute offsets rounded to this (stable cache)
 MAX_HEAL_TOKENS = 4  # enough for most identifiers typed halfway
 SNIPPET_MIN_ROOM = 48
+TAIL_TOKENS = 48  # as many as a copy lookup compares (model/copy.py MAX_MATCH)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Prompt:
     prefix: str  # the prefix text the ids cover (before healing), for text-based backends
     suffix: str  # the suffix text the ids cover
     fim: bool
+    tail: tuple[int, ...] = ()  # the last tokens before the cursor, after healing (copy lookups)
 
 
 def build_prompt(ctx: CompletionContext, max_prompt_tokens: int, heal: bool = True) -> Prompt:
@@ -59,7 +61,8 @@ def build_prompt(ctx: CompletionContext, max_prompt_tokens: int, heal: bool = Tr
         ids = tok.build_fim_ids(body, suffix_ids)
     else:
         ids = [tok.EOT_ID, *body]
-    return Prompt(ids=tuple(ids), forced=forced, prefix=prefix, suffix=suffix, fim=fim)
+    return Prompt(ids=tuple(ids), forced=forced, prefix=prefix, suffix=suffix, fim=fim,
+                  tail=tuple(prefix_ids[-TAIL_TOKENS:]))
 
 
 def heal_prefix(ids: list[int]) -> tuple[list[int], str]:

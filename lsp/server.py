@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from lsprotocol import types
 from pygls.exceptions import FeatureRequestError
 from pygls.lsp.server import LanguageServer
+from pygls.uris import to_fs_path
 
 from codeassist.lsp.backends import Backend, make_backend
 from codeassist.lsp.context import Snippet, build_context, cursor_offset, index_to_units
@@ -34,6 +37,7 @@ from codeassist.lsp.transport import (
     start_stdin_pump,
     watch_process,
 )
+from codeassist.lsp.workspace import WorkspaceIndex
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,8 @@ class CodeassistServer(LanguageServer):
         self.backend_factory = backend_factory
         self.backend = backend_factory(self.settings)
         self.pipeline = Pipeline(self.backend, self.settings)
+        self.index = WorkspaceIndex(self._open_documents)
+        self.pipeline.workspace = self.index
         self.inbox: Inbox | None = None
         self.warm: asyncio.Future[None] | None = None  # tokenizer and prompt tables loading
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -88,6 +94,17 @@ class CodeassistServer(LanguageServer):
             self.pipeline.cache.clear()
             self.backend.start()
             self.spawn(previous.aclose())
+
+    def _open_documents(self) -> dict[str, tuple[str, int, str]]:
+        return {uri: (os.path.realpath(d.path), d.version or 0, d.source)
+                for uri, d in self.workspace.text_documents.items()}
+
+    def index_workspace(self, params: types.InitializeParams) -> None:
+        """Start indexing the workspace folders in the background (setting context.repository)."""
+        uris = [f.uri for f in params.workspace_folders or ()] or ([params.root_uri] if params.root_uri else [])
+        roots = [Path(p) for p in (to_fs_path(u) for u in uris) if p]
+        if self.settings.repository and roots:
+            self.index.start(roots)
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -151,15 +168,30 @@ class CodeassistServer(LanguageServer):
                 "p50Ms": None if p50 is None else round(p50, 2),
                 "p95Ms": None if p95 is None else round(p95, 2),
                 "lastReason": self.pipeline.last_reason if st.ready else st.reason,
-                "cacheHits": self.pipeline.cache.hits}
+                "cacheHits": self.pipeline.cache.hits, "copiesTaken": self.pipeline.copies_taken,
+                "index": self.index.stats().to_dict() if self.index.roots else None}
 
 
 def _register(server: CodeassistServer) -> None:
     @server.feature(types.INITIALIZE)
     def initialize(ls: CodeassistServer, params: types.InitializeParams) -> None:
         ls.apply_settings(params.initialization_options)
+        ls.index_workspace(params)
         if params.process_id:
             ls.spawn(watch_process(params.process_id, ls.stop))
+
+    @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
+    def did_save(ls: CodeassistServer, params: types.DidSaveTextDocumentParams) -> None:
+        path = to_fs_path(params.text_document.uri)
+        if path:
+            ls.index.file_changed(path)
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
+    def did_change_watched_files(ls: CodeassistServer, params: types.DidChangeWatchedFilesParams) -> None:
+        for change in params.changes:
+            path = to_fs_path(change.uri)
+            if path:
+                ls.index.file_changed(path)
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def did_change_configuration(ls: CodeassistServer, params: types.DidChangeConfigurationParams) -> None:

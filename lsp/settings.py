@@ -38,6 +38,8 @@ class Settings:
     time_budget_ms: int = 1500  # a suggestion later than this is no longer useful
     cache: bool = True  # benchmarks switch these two off to measure what they save
     prefix_reuse: bool = True
+    copy: bool = True  # copy-aware decoding: continuations found in the document and the workspace
+    repository: bool = True  # index the workspace folders (candidates for copying, retrieved snippets)
 
     def is_enabled_for(self, language: str, path: str) -> bool:
         return self.disabled_reason(language, path) is None
@@ -60,6 +62,7 @@ _KEYS: dict[str, tuple[str, type]] = {
     "languages": ("languages", tuple), "exclude": ("exclude", tuple),
     "context.maxPromptTokens": ("max_prompt_tokens", int), "context.openFiles": ("open_files", int),
     "timeBudgetMs": ("time_budget_ms", int), "cache": ("cache", bool), "prefixReuse": ("prefix_reuse", bool),
+    "copy": ("copy", bool), "context.repository": ("repository", bool),
 }
 _REMOTE_KEYS: dict[str, tuple[str, type]] = {
     "remote.url": ("url", str), "remote.api": ("api", str), "remote.apiKey": ("api_key", str),

@@ -54,6 +54,18 @@ class StopRules:
 
 
 @dataclass(frozen=True)
+class CopyParams:
+    """Copy candidates (model/copy.py): rests of the line, each beginning with forced_prefix.
+
+    The model scores each with its line end in one forward pass; the best is taken when its mean
+    log-probability per token is at least `min_logprob` (a candidate the model finds unlikely is
+    not taken), and decoding goes on after it. Without candidates nothing changes.
+    """
+    candidates: tuple[str, ...] = ()
+    min_logprob: float = -1.0
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     prompt: tuple[int, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -61,6 +73,7 @@ class GenerationRequest:
     forced_prefix: bytes = b""  # token healing: the output must begin with these bytes
     seed: int | None = None
     speculation: SpeculationParams = field(default_factory=SpeculationParams)  # default: off
+    copy: CopyParams = field(default_factory=CopyParams)  # default: no candidates
 
 
 @dataclass
@@ -78,6 +91,8 @@ class GenerationResult:
     drafted_tokens: int = 0  # speculation: tokens proposed to the verifier
     accepted_tokens: int = 0  # ... of which kept and returned in `tokens` (a stop can cut a run short)
     verify_steps: int = 0  # forward passes that verified a draft
+    copied: str | None = None  # the copy candidate taken, if any
+    copy_scores: tuple[float, ...] = ()  # mean log-probability per token of each candidate
 
 
 class CancelledError(Exception):
@@ -205,6 +220,19 @@ class Engine:
         pending: list[int] = []  # tokens chosen by a verify pass, not yet emitted
         drafted = accepted = 0
         stopped = max_new == 0
+        copied: str | None = None
+        copy_scores: tuple[float, ...] = ()
+        if req.copy.candidates and not stopped:
+            assert logits is not None
+            chosen, copy_scores = self._choose_copy(req, logits if constraint is None else constraint.mask(logits),
+                                               pos, max_new)
+            if chosen is not None:
+                ids, copied = chosen
+                self._cached.extend(ids[:-1])  # their keys and values are in the cache now
+                pos += len(ids) - 1
+                pending, logits = ids, None
+                if constraint is not None:
+                    constraint.rest = b""
         while not stopped:
             if not pending:  # choose the next token from the logits of the last step
                 assert logits is not None
@@ -214,6 +242,8 @@ class Engine:
                 if constraint is not None:
                     constraint.advance(pending[0])
                 from_draft = 0
+            elif copied is not None and not out:
+                from_draft = 0  # a copy candidate, not a draft
             else:
                 from_draft = len(pending) - 1  # all but the last came from the draft
             for j, token in enumerate(pending):
@@ -268,7 +298,38 @@ class Engine:
         return GenerationResult(tokens=out, text=text, stop_reason=reason, prompt_tokens=len(prompt),
                                 reused_tokens=reuse, truncated_prompt=truncated, prefill_ms=prefill_ms,
                                 first_token_ms=first_ms, total_ms=total_ms, drafted_tokens=drafted,
-                                accepted_tokens=accepted, verify_steps=drafter.steps if drafter else 0)
+                                accepted_tokens=accepted, verify_steps=drafter.steps if drafter else 0,
+                                copied=copied, copy_scores=copy_scores)
+
+    def _choose_copy(self, req: GenerationRequest, logits: torch.Tensor, pos: int, max_new: int
+                     ) -> tuple[tuple[list[int], str] | None, tuple[float, ...]]:
+        """Score the copy candidates after the prompt; ((ids, text) of the one taken, or None; scores).
+
+        Each candidate is scored with a newline after it (the model must also agree that the line
+        ends there). `logits` are the healing constraint's, so the first token's probability is
+        given the text the user typed (every candidate spells it out). The chosen one is scored last, so its keys and values are what the cache
+        holds past the prompt when decoding goes on after it.
+        """
+        first = torch.log_softmax(logits, dim=-1)
+        room = min(max_new, self.config.block_size - pos)
+        forced = req.forced_prefix
+        scored: list[tuple[float, list[int], str]] = []
+        for text in req.copy.candidates:
+            ids = tok.encode(text + "\n")
+            if not text.encode("utf-8").startswith(forced) or len(ids) < 2 or len(ids) > room:
+                scored.append((float("-inf"), ids, text))
+                continue
+            rows = torch.log_softmax(self.score_tokens(ids[:-1], pos), dim=-1)  # (len - 1, vocab)
+            total = float(first[ids[0]]) + float(rows.gather(1, torch.tensor(ids[1:]).unsqueeze(1)).sum())
+            scored.append((total / len(ids), ids, text))
+        scores = tuple(s for s, _, _ in scored)
+        best = max(range(len(scored)), key=lambda i: scored[i][0])
+        score, ids, text = scored[best]
+        if score < req.copy.min_logprob:
+            return None, scores
+        if best != len(scored) - 1:
+            self.score_tokens(ids[:-1], pos)  # put the chosen candidate's keys and values back
+        return (ids, text), scores
 
     def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Several prompts decoded together in one batch (no prefix reuse).

@@ -8,8 +8,9 @@ output on a tokenization training could have produced may be chosen:
 - a token that begins with the whole rest (" retur" -> " return", " returned", ...);
 - the first token of the rest's own encoding, when that is shorter than the rest (a long
   identifier spelled over several tokens: "app_exceptio" -> "app", then "_", then "exception");
-- for indentation (a run of spaces), the run one space shorter: before a word GPT-2's
-  pre-tokenizer gives the last space to the word ("        return" is 7 spaces + " return").
+- for indentation or a space (a run of spaces), only what training puts before code: a token
+  of one space and a word, or the run one space shorter ("        return" is 7 spaces +
+  " return"); never more whitespace than the user typed.
 
 Any other prefix of the rest is refused. Allowing every prefix let a weak model take a lone
 " " before "annot" or three spaces before nineteen: tokenizations it never saw in training,
@@ -48,12 +49,28 @@ def allowed_tokens(rest: bytes) -> tuple[int, ...]:
         text = rest.decode("utf-8")
     except UnicodeDecodeError:  # a token ended inside a character: any byte prefix will do
         return tuple([by_bytes[rest[:n]] for n in range(1, len(rest)) if rest[:n] in by_bytes] + out)
+    if text and not text.strip(" "):  # spaces only: see _after_spaces
+        return _after_spaces(rest, out)
     steps = [tok.encode(text)[0]] if text else []
-    if len(text) >= 2 and not text.strip(" "):
-        steps.append(tok.encode(text[:-1])[0])
     for step in steps:
         if step not in out and rest.startswith(tok.token_bytes(step)):
             out.append(step)
+    return tuple(out)
+
+
+def _after_spaces(rest: bytes, covering: list[int]) -> tuple[int, ...]:
+    """What may spell out a run of spaces: only the tokenizations training produces before code.
+
+    GPT-2's pre-tokenizer gives the last space of a run to the word after it, so code follows
+    spaces as " word" (one space, then no whitespace) or as the run one space shorter and then
+    " word". A token that goes on with more whitespace (a longer run, " \n"), or the run itself
+    followed by a bare word, is refused: after "raise " a weak model otherwise took a 7-space
+    token and suggested "       return ..." (a third of suggestions began with stray spaces).
+    """
+    n = len(rest)
+    out = [t for t in covering if len(tok.token_bytes(t)) > n and not tok.token_bytes(t)[n:n + 1].isspace()]
+    if n >= 2:
+        out.append(tok.encode(" " * (n - 1))[0])
     return tuple(out)
 
 

@@ -1,0 +1,210 @@
+"""The workspace index: the user's own code, for copy candidates at the cursor.
+
+Built in a background thread when the server learns its workspace folders. It reads exactly
+the files the training collector would take (`git ls-files -co --exclude-standard` inside git;
+secret files by name are never opened; vendored, build, binary, minified and oversized files
+are skipped: one rule set, training/collect.py), tokenizes them, and keeps a `CopyIndex` of at
+most MAX_TOKENS tokens (16 bytes each), so a monorepo costs a bounded time and memory.
+
+Three layers answer a lookup, so nothing is stale and nothing is counted twice:
+- the base index of the files on disk, with the spans of open or changed files masked out;
+- an overlay of the other open documents (their live text) and of files saved or changed on
+  disk since the build, rebuilt when one of them changes;
+- the current document itself, as the text before the cursor's line and the text after it
+  (the cursor's own line never answers itself), kept while the user types on one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from codeassist.model import tokenizer as tok
+from codeassist.model.copy import Candidate, CopyIndex, find_candidates
+
+log = logging.getLogger(__name__)
+
+MAX_TOKENS = 6_000_000  # about 100 MB of index (16 bytes a token)
+MAX_FILES = 50_000
+MAX_FILE_BYTES = 1 << 20
+
+DocumentSource = Callable[[], dict[str, tuple[str, int, str]]]  # uri -> (path, version, text)
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    ready: bool
+    files: int = 0
+    tokens: int = 0
+    bytes: int = 0
+    build_ms: float = 0.0
+    memory_mb: float = 0.0
+    truncated: bool = False  # the workspace holds more than MAX_TOKENS or MAX_FILES
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"ready": self.ready, "files": self.files, "tokens": self.tokens, "bytes": self.bytes,
+                "buildMs": round(self.build_ms, 1), "memoryMB": round(self.memory_mb, 1),
+                "truncated": self.truncated, "error": self.error}
+
+
+def workspace_files(root: Path) -> Iterable[Path]:
+    """The files in scope under `root`, by the training collector's rules (nothing is opened)."""
+    from codeassist.training.collect import Candidate as Scoped
+    from codeassist.training.collect import _scope_rule, _stat_rule, list_candidates
+
+    root_real = os.path.realpath(root)
+    for rel in list_candidates(root):
+        c = Scoped(str(root), rel)
+        if _scope_rule(c, None) is None and _stat_rule(c, root_real)[0] is None:
+            yield Path(c.full)
+
+
+def read_source(path: Path) -> str | None:
+    """The file's text, or None when the collector's content rules drop it (binary, minified...)."""
+    from codeassist.training.collect import content_rule
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError:
+        return None
+    if len(data) > MAX_FILE_BYTES or content_rule(data) is not None:
+        return None
+    return data.decode("utf-8")
+
+
+class WorkspaceIndex:
+    def __init__(self, documents: DocumentSource, max_tokens: int = MAX_TOKENS) -> None:
+        self.documents = documents
+        self.max_tokens = max_tokens
+        self.roots: tuple[Path, ...] = ()
+        self._stats = IndexStats(ready=False)
+        self._base: CopyIndex | None = None
+        self._spans: dict[str, tuple[int, int]] = {}  # path -> token span in the base
+        self._dead: np.ndarray | None = None
+        self._masked: set[str] = set()  # paths whose base span is masked out now
+        self._changed: dict[str, list[int]] = {}  # path -> tokens of files changed on disk since
+        self._overlay: tuple[tuple[object, ...], CopyIndex] | None = None
+        self._doc: tuple[tuple[object, ...], CopyIndex] | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    # -- building --------------------------------------------------------------------------------
+
+    def start(self, roots: Iterable[Path]) -> None:
+        """Index these folders in the background (once; later calls with other roots rebuild)."""
+        roots = tuple(r for r in roots if r.is_dir())
+        if not roots or roots == self.roots:
+            return
+        self.roots = roots
+        self._thread = threading.Thread(target=self._build, name="codeassist-index", daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self._stats.ready
+
+    def _build(self) -> None:
+        t0 = time.perf_counter()
+        segments: list[list[int]] = []
+        spans: dict[str, tuple[int, int]] = {}
+        n = nbytes = 0
+        truncated = False
+        try:
+            for root in self.roots:
+                for path in workspace_files(root):
+                    if n >= self.max_tokens or len(spans) >= MAX_FILES:
+                        truncated = True
+                        break
+                    text = read_source(path)
+                    if text is None:
+                        continue
+                    ids = tok.encode(text)[:self.max_tokens - n]
+                    spans[os.path.realpath(path)] = (n + len(segments), n + len(segments) + len(ids))  # + separators
+                    segments.append(ids)
+                    n += len(ids)
+                    nbytes += len(text)
+            base = CopyIndex(segments)
+        except Exception as exc:  # a broken workspace must not take the server down
+            log.error("the workspace index could not be built: %s", exc)
+            self._stats = IndexStats(ready=True, error=f"the workspace could not be indexed ({exc})")
+            return
+        with self._lock:
+            self._base, self._spans = base, spans
+            self._dead = np.zeros(base.n_tokens, dtype=bool)
+            self._masked = set()
+        self._stats = IndexStats(ready=True, files=len(spans), tokens=n, bytes=nbytes,
+                                 build_ms=(time.perf_counter() - t0) * 1e3, memory_mb=base.nbytes / 2**20,
+                                 truncated=truncated)
+        log.info("indexed %d files, %d tokens in %.0f ms", len(spans), n, self._stats.build_ms)
+
+    def stats(self) -> IndexStats:
+        return self._stats
+
+    # -- keeping it current ----------------------------------------------------------------------
+
+    def file_changed(self, path: str) -> None:
+        """A file was saved, created or changed on disk: read it again (deleted: forget it)."""
+        if not self._stats.ready or not any(Path(path).is_relative_to(r) for r in self.roots):
+            return
+        text = read_source(Path(path)) if os.path.isfile(path) else None
+        path = os.path.realpath(path)
+        with self._lock:
+            self._changed[path] = tok.encode(text) if text is not None else []
+            self._overlay = None
+
+    # -- lookup ------------------------------------------------------------------------------------
+
+    def candidates(self, uri: str, cursor: int, context: list[int], forced: str, limit: int = 3
+                   ) -> list[Candidate]:
+        """Copy candidates for the cursor at code-point offset `cursor` of open document `uri`."""
+        docs = self.documents()
+        current = docs.get(uri)
+        if current is None:
+            return []
+        indexes: list[tuple[CopyIndex, np.ndarray | None]] = [(self._document_index(uri, current, cursor), None)]
+        with self._lock:
+            if self._base is not None and self._dead is not None:
+                self._mask({p for p, _, _ in docs.values()} | set(self._changed))
+                indexes.append((self._base, self._dead))
+            indexes.append((self._overlay_index(uri, docs), None))
+        return find_candidates(indexes, context, forced, limit)
+
+    def _document_index(self, uri: str, doc: tuple[str, int, str], cursor: int) -> CopyIndex:
+        text = doc[2]
+        start = text.rfind("\n", 0, cursor) + 1
+        end = text.find("\n", cursor)
+        end = len(text) if end < 0 else end
+        before, after = text[:start], text[end:]
+        key = (uri, hash(before), hash(after))
+        if self._doc is None or self._doc[0] != key:
+            self._doc = (key, CopyIndex([tok.encode(before), tok.encode(after)]))
+        return self._doc[1]
+
+    def _overlay_index(self, uri: str, docs: dict[str, tuple[str, int, str]]) -> CopyIndex:
+        others = tuple(sorted((u, v) for u, (_, v, _) in docs.items() if u != uri))
+        key = (others, tuple(sorted((p, len(t)) for p, t in self._changed.items())), id(self._changed))
+        if self._overlay is None or self._overlay[0] != key:
+            open_paths = {p for p, _, _ in docs.values()}
+            segments = [tok.encode(docs[u][2]) for u, _ in others]
+            segments += [t for p, t in self._changed.items() if p not in open_paths]
+            self._overlay = (key, CopyIndex(segments))
+        return self._overlay[1]
+
+    def _mask(self, paths: set[str]) -> None:
+        """Mask the base spans of exactly these paths (open or changed), unmask the rest."""
+        assert self._dead is not None
+        for p in paths ^ self._masked:
+            span = self._spans.get(p)
+            if span is not None:
+                self._dead[span[0]:span[1]] = p in paths
+        self._masked = set(paths)

@@ -1,0 +1,154 @@
+"""Copy candidates: how the code before the cursor went on elsewhere in the user's code.
+
+Much of a line being typed already appears in the open document or another file of the
+repository. A `CopyIndex` holds token ids of such text and, for the tokens before the cursor,
+finds every place the same tokens occur, the longest match first, and returns the rest of the
+line that followed each (a cache language model's candidates, Hellendoorn and Devanbu 2017;
+prompt lookup is its cousin). The engine scores the candidates with the model and takes one
+only when the model agrees (`Engine.generate`, `GenerationRequest.copy`), so the model adds to
+the copy and the copy to the model.
+
+The index is numpy arrays, 16 bytes a token: the tokens, and the sorted keys of every KEY-gram
+with where it ends. A lookup is one binary search and a vectorised walk back over the
+occurrences, so it costs well under a millisecond on a repository of millions of tokens.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from codeassist.model import tokenizer as tok
+
+KEY = 3  # tokens in a lookup key: shorter matches say too little
+MAX_MATCH = 48  # tokens compared back from the cursor
+MAX_OCCURRENCES = 20_000  # of one key, walked back (a very common key: the newest ones)
+MAX_CONTINUATION = 40  # tokens read after a match, up to the end of its line
+MAX_DECODED = 256  # occurrences decoded per lookup, longest match first
+_SEP = -1  # between segments: no key and no match crosses it
+_BITS = 17  # 2**17 > vocabulary size: a key packs KEY token ids into one int64 exactly
+
+
+@dataclass(frozen=True)
+class Candidate:
+    text: str  # the rest of the line after the matched text (begins with the forced prefix)
+    count: int  # places it followed the longest match
+    match_chars: int  # characters of the match before the cursor, forced prefix excluded
+
+
+class CopyIndex:
+    """Token n-gram occurrences over segments of token ids (files, or parts of the document)."""
+
+    def __init__(self, segments: Iterable[Sequence[int]]) -> None:
+        parts: list[np.ndarray] = []
+        for seg in segments:
+            if len(seg):
+                parts += [np.asarray(seg, dtype=np.int32), np.array([_SEP], dtype=np.int32)]
+        self.tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+        n = len(self.tokens)
+        if n < KEY:
+            self.keys = np.zeros(0, dtype=np.int64)
+            self.ends = np.zeros(0, dtype=np.int32)
+            return
+        t = self.tokens.astype(np.int64)
+        keys = np.zeros(n - KEY + 1, dtype=np.int64)
+        valid = np.ones(n - KEY + 1, dtype=bool)
+        for j in range(KEY):  # key of tokens[i : i + KEY], which ends at i + KEY
+            col = t[j:n - KEY + 1 + j]
+            keys = (keys << _BITS) | np.maximum(col, 0)
+            valid &= col >= 0
+        order = np.argsort(keys[valid], kind="stable")
+        self.keys = keys[valid][order]
+        self.ends = (np.nonzero(valid)[0] + KEY).astype(np.int32)[order]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.tokens.nbytes + self.keys.nbytes + self.ends.nbytes)
+
+    def matches(self, context: Sequence[int], dead: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ends, lengths): where the last tokens of `context` occur, and how many tokens match.
+
+        `dead` masks token positions whose text has been replaced (a file changed since indexing).
+        """
+        empty = np.zeros(0, dtype=np.int64)
+        if len(context) < KEY or not len(self.keys) or any(c < 0 for c in context[-KEY:]):
+            return empty, empty
+        key = 0
+        for c in context[-KEY:]:
+            key = (key << _BITS) | int(c)
+        lo, hi = np.searchsorted(self.keys, [key, key + 1])
+        ends = self.ends[max(lo, hi - MAX_OCCURRENCES):hi].astype(np.int64)
+        if dead is not None and len(ends):
+            ends = ends[~dead[ends - 1]]
+        lengths = np.full(len(ends), KEY, dtype=np.int64)
+        alive = np.ones(len(ends), dtype=bool)
+        ctx = np.asarray(context[-MAX_MATCH:], dtype=np.int64)
+        for j in range(KEY + 1, len(ctx) + 1):  # walk back while every live match still agrees
+            at = ends - j
+            ok = alive & (at >= 0)
+            ok[ok] = self.tokens[at[ok]] == ctx[-j]
+            if not ok.any():
+                break
+            lengths += ok
+            alive = ok
+        return ends, lengths
+
+    def continuation(self, end: int) -> bytes:
+        """The bytes after position `end` up to the end of that line (or MAX_CONTINUATION tokens)."""
+        out = bytearray()
+        for t in self.tokens[end:end + MAX_CONTINUATION]:
+            if t < 0:
+                break
+            b = tok.token_bytes(int(t))
+            nl = b.find(b"\n")
+            if nl >= 0:
+                out += b[:nl]
+                break
+            out += b
+        return bytes(out)
+
+
+def find_candidates(indexes: Sequence[tuple[CopyIndex, np.ndarray | None]], context: Sequence[int],
+                    forced: str, limit: int = 3) -> list[Candidate]:
+    """The most frequent rests of the line after the longest match of `context` + `forced`.
+
+    Only occurrences whose continuation spells out `forced` (the healed text at the cursor)
+    match at all. Of those, the longest match wins, as in the copy heuristic; its distinct
+    rests of line are returned most frequent first, each beginning with `forced`.
+    """
+    found: list[tuple[int, CopyIndex, int]] = []  # (length, index, end)
+    for index, dead in indexes:
+        ends, lengths = index.matches(context, dead)
+        found += [(int(n), index, int(e)) for n, e in zip(lengths, ends, strict=True)]
+    if not found:
+        return []
+    found.sort(key=lambda f: -f[0])
+    want = forced.encode("utf-8")
+    best = 0
+    counts: Counter[bytes] = Counter()
+    for length, index, end in found[:MAX_DECODED]:
+        if length < best:
+            break
+        rest = index.continuation(end)
+        if not rest.startswith(want) or len(rest) <= len(want) or not rest[len(want):].strip():
+            continue
+        best = length
+        counts[rest] += 1
+    if not counts:
+        return []
+    match_chars = sum(len(tok.token_bytes(int(t))) for t in context[-best:] if t >= 0)
+    out = []
+    for rest, count in counts.most_common(limit):
+        try:
+            text = rest.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        out.append(Candidate(text.rstrip(), count, match_chars))
+    return out

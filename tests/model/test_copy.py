@@ -1,0 +1,98 @@
+"""Copy candidates: the index finds how the code went on elsewhere; the engine takes one only
+when the model agrees, and then decodes exactly as if the candidate had been in the prompt."""
+
+import numpy as np
+import pytest
+import torch
+
+from codeassist.model import tokenizer as tok
+from codeassist.model.copy import CopyIndex, find_candidates
+from codeassist.model.engine import CopyParams, Engine, GenerationRequest, StopRules
+from tests.conftest import make_tiny
+
+DOC = ("def area(self):\n    return self.width * self.height\n\n"
+       "def perimeter(self):\n    return 2 * (self.width + self.height)\n\n"
+       "def scaled(self, k):\n    return Rect(self.width * k, self.height * k)\n")
+
+
+def test_the_longest_match_wins_and_its_rest_of_line_is_returned() -> None:
+    index = CopyIndex([tok.encode(DOC)])
+    context = tok.encode("x = 1\n\ndef area(self):\n    return")
+    found = find_candidates([(index, None)], context, " self")
+    assert [c.text for c in found] == [" self.width * self.height"]
+    assert found[0].count == 1 and found[0].match_chars >= len("(self):\n    return")
+
+
+def test_candidates_must_spell_out_the_typed_text_and_are_ranked_by_count() -> None:
+    index = CopyIndex([tok.encode("y = 0\nx = compute(a)\ny = 0\nx = compute(b)\ny = 0\nx = compute(b)\n")])
+    context = tok.encode("y = 0\nx = compute")
+    assert [c.text for c in find_candidates([(index, None)], context, "(")] == ["(b)", "(a)"]
+    assert find_candidates([(index, None)], context, "[") == []  # nothing went on with "["
+
+
+def test_dead_positions_and_segment_borders_never_match() -> None:
+    a, b = tok.encode("a = 1\nfirst = value_one\n"), tok.encode("a = 1\nfirst = value_two\n")
+    index = CopyIndex([a, b])
+    context = tok.encode("a = 1\nfirst =")
+    assert {c.text for c in find_candidates([(index, None)], context, "")} == {" value_one", " value_two"}
+    dead = np.zeros(index.n_tokens, dtype=bool)
+    dead[:len(a)] = True  # the first file changed since it was indexed
+    assert [c.text for c in find_candidates([(index, dead)], context, "")] == [" value_two"]
+    joined = CopyIndex([tok.encode("end of one"), tok.encode(" file two\n")])
+    assert find_candidates([(joined, None)], tok.encode("end of one"), "") == []
+
+
+def _request(prompt: list[int], copy: CopyParams, forced: str = "", n: int = 12) -> GenerationRequest:
+    return GenerationRequest(prompt=tuple(prompt), forced_prefix=forced.encode(), copy=copy,
+                             stop=StopRules(max_new_tokens=n, stop_on_eos=False))
+
+
+PROMPT = [tok.EOT_ID, *tok.encode("def area(self):\n    return self.width * self.height\n\ndef area2(self):\n   ")]
+
+
+def test_no_candidates_or_a_refused_one_gives_exactly_todays_tokens() -> None:
+    plain = Engine(make_tiny(0), torch.device("cpu")).generate(_request(PROMPT, CopyParams(), " "))
+    refused = Engine(make_tiny(0), torch.device("cpu")).generate(
+        _request(PROMPT, CopyParams((" return self.width * self.height",), min_logprob=float("inf")), " "))
+    assert refused.tokens == plain.tokens and refused.copied is None
+    assert len(refused.copy_scores) == 1 and np.isfinite(refused.copy_scores[0])
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_a_taken_candidate_decodes_on_exactly_as_if_it_were_in_the_prompt(order: int) -> None:
+    """Either order: once the taken candidate is scored last, once it must be scored again."""
+    candidates = (" x", " return self.width * self.height")[::order]
+    engine = Engine(make_tiny(1), torch.device("cpu"))
+    engine.generate(_request(PROMPT[:-3], CopyParams(), n=2))  # a cache holding an older prompt
+    took = engine.generate(_request(PROMPT, CopyParams(candidates, min_logprob=-1e9), " ", n=20))
+    best = candidates[max(range(2), key=lambda i: took.copy_scores[i])]
+    assert took.copied == best and took.text.startswith(best + "\n")
+    ids = tok.encode(best + "\n")
+    assert took.tokens[:len(ids)] == ids
+    cold = Engine(make_tiny(1), torch.device("cpu")).generate(_request(PROMPT + ids, CopyParams(), n=20 - len(ids)))
+    assert took.tokens[len(ids):] == cold.tokens
+    # the keys and values the cache holds after the prompt are the taken candidate's, exactly
+    full = [*PROMPT, *took.tokens]
+    with torch.inference_mode():
+        cached = engine.score_tokens(full[-1:], len(full) - 1)[-1]
+        fresh = Engine(make_tiny(1), torch.device("cpu"))
+        fresh._ensure_cache(1)
+        assert torch.allclose(cached, fresh.score_tokens(full, 0)[-1], atol=1e-5)
+
+
+def test_a_candidate_the_model_scores_low_is_not_taken() -> None:
+    engine = Engine(make_tiny(2), torch.device("cpu"))
+    good, bad = " return self.width * self.height", " ) ) ] ] } }"
+    scores = engine.generate(_request(PROMPT, CopyParams((good, bad), min_logprob=float("inf")), " ")).copy_scores
+    low, high = sorted(scores)
+    between = (low + high) / 2
+    result = engine.generate(_request(PROMPT, CopyParams((good, bad), min_logprob=between), " "))
+    assert result.copied == (good, bad)[scores.index(high)]
+    none = engine.generate(_request(PROMPT, CopyParams((good, bad), min_logprob=high + 1e-3), " "))
+    assert none.copied is None
+
+
+def test_a_candidate_that_does_not_spell_out_the_typed_text_is_never_scored_or_taken() -> None:
+    engine = Engine(make_tiny(0), torch.device("cpu"))
+    result = engine.generate(_request(PROMPT, CopyParams(("return x",), min_logprob=-1e9), " "))
+    assert result.copied is None and result.copy_scores == (float("-inf"),)
