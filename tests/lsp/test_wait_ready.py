@@ -120,7 +120,8 @@ async def test_local_backend_reports_a_failed_load_at_once(tmp_path: Path) -> No
 async def test_the_server_answers_alt_backslash_while_the_default_model_loads() -> None:
     """The real server on the embedded default, asked at once after `initialize`: the request made
     while typing (triggerKind 2) comes back empty because the model is still loading, the one the
-    user asked for (triggerKind 1, Alt+\\ in VS Code) waits for the model and gets its suggestion."""
+    user asked for (triggerKind 1: Alt+\\ in VS Code, or a classic completion from Neovim's omnifunc) waits
+    for the model and gets its suggestion."""
     cmd = [sys.executable, "-m", "codeassist.cli.main", "lsp", "--stdio", "--device", "cpu"]
     client = await LspClient.start(cmd)
     try:
@@ -138,10 +139,14 @@ async def test_the_server_answers_alt_backslash_while_the_default_model_loads() 
         _, loading = client.send_request("codeassist/status", {})  # the three are sent back to back
         typing = inline(2)
         asked = inline(1)
+        classic = client.send_request("textDocument/completion", {  # Neovim 0.11's omnifunc (Ctrl-X Ctrl-O)
+            "textDocument": {"uri": uri}, "position": position, "context": {"triggerKind": 1}})[1]
         status = await asyncio.wait_for(loading, 60)
         assert status["ready"] is False and "loading" in status["lastReason"], status
         assert (await asyncio.wait_for(typing, 60))["items"] == []
         result = await asyncio.wait_for(asked, 120)
         assert result["items"] and result["items"][0]["insertText"].strip(), result
+        listed = await asyncio.wait_for(classic, 120)
+        assert listed["items"] and listed["items"][0]["textEdit"]["newText"].strip(), listed
     finally:
         assert await client.close() == 0
