@@ -143,19 +143,25 @@ class CodeassistServer(LanguageServer):
         return build_context(uri, language, text, offset, snippets), clamped
 
     def _snippets(self, uri: str, language: str, before: str) -> tuple[Snippet, ...]:
-        if self.settings.open_files <= 0:
+        """The open files' best windows, then the workspace index's best chunks, for the lines
+        above the cursor (stable while the user types on a line, so the KV cache stays valid)."""
+        limit = self.settings.open_files
+        repository = self.settings.repository and self.index.stats().ready and self.index.roots
+        if limit <= 0:
             return ()
         others = [(d.uri, d.version) for u, d in self.workspace.text_documents.items()
                   if u != uri and d.language_id == language]
-        if not others:
+        if not others and not repository:
             return ()
         query = query_lines(before)
-        key = (query, tuple(others))
+        key = (query, tuple(others), bool(repository))
         if self._snippet_memo is not None and self._snippet_memo[0] == key:
             return self._snippet_memo[1]
         docs = self.workspace.text_documents
         files = [(docs[u].path.rsplit("/", 1)[-1], docs[u].source) for u, _ in others]
-        found = rank_snippets(query, files, self.settings.open_files)
+        found = rank_snippets(query, files, limit)
+        if repository and len(found) < limit:
+            found += self.index.snippets(uri, query, limit - len(found))
         self._snippet_memo = (key, found)
         return found
 
@@ -217,7 +223,8 @@ def _register(server: CodeassistServer) -> None:
         if found is None:
             return types.CompletionList(is_incomplete=True, items=[])
         ctx, pos = found
-        invoked = params.context is not None and params.context.trigger_kind == types.CompletionTriggerKind.Invoked
+        # a client that sends no context (Neovim 0.7's omnifunc) asked explicitly
+        invoked = params.context is None or params.context.trigger_kind == types.CompletionTriggerKind.Invoked
         result = await ls.pipeline.complete(ctx, invoked, channel="classic")
         return types.CompletionList(is_incomplete=True, items=_completion_items(ctx.line_prefix, pos, result))
 

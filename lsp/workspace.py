@@ -17,6 +17,7 @@ Three layers answer a lookup, so nothing is stale and nothing is counted twice:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -26,14 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
+from codeassist.lsp.context import Snippet
 from codeassist.model import tokenizer as tok
-from codeassist.model.copy import Candidate, CopyIndex, find_candidates
+from codeassist.model.copy import KEY, Candidate, CopyIndex, find_candidates
 
 log = logging.getLogger(__name__)
 
 MAX_TOKENS = 6_000_000  # about 100 MB of index (16 bytes a token)
 MAX_FILES = 50_000
 MAX_FILE_BYTES = 1 << 20
+CHUNK_TOKENS = 128  # retrieved snippets: windows of about a dozen lines
+MAX_VOTERS = 200  # a query n-gram found more often than this says nothing about where to look
 
 DocumentSource = Callable[[], dict[str, tuple[str, int, str]]]  # uri -> (path, version, text)
 
@@ -178,6 +182,40 @@ class WorkspaceIndex:
                 indexes.append((self._base, self._dead))
             indexes.append((self._overlay_index(uri, docs), None))
         return find_candidates(indexes, context, forced, limit)
+
+    def snippets(self, uri: str, query: str, limit: int) -> tuple[Snippet, ...]:
+        """Chunks of other files most like `query` (the lines above the cursor), best first.
+
+        Each KEY-gram of the query's tokens votes for the chunks it occurs in, weighted by its
+        rarity (BM25's idea on token n-grams); common n-grams are skipped. The open documents'
+        disk copies are masked out, as for copy candidates.
+        """
+        ids = tok.encode(query)
+        with self._lock:
+            base, dead = self._base, self._dead
+            if base is None or dead is None or limit <= 0 or len(ids) < KEY:
+                return ()
+            self._mask({p for p, _, _ in self.documents().values()} | set(self._changed))
+            votes: dict[int, float] = {}
+            for i in range(KEY, len(ids) + 1):
+                ends = base.occurrences(ids[i - KEY:i], MAX_VOTERS)
+                ends = ends[~dead[ends - 1]] if len(ends) else ends
+                weight = 1.0 / math.log2(2 + len(ends))
+                for chunk in set((ends // CHUNK_TOKENS).tolist()):
+                    votes[chunk] = votes.get(chunk, 0.0) + weight
+            best = sorted(votes.items(), key=lambda kv: -kv[1])[:limit]
+            return tuple(s for s in (self._chunk_snippet(base, c, v) for c, v in best) if s is not None)
+
+    def _chunk_snippet(self, base: CopyIndex, chunk: int, score: float) -> Snippet | None:
+        start, end = chunk * CHUNK_TOKENS, (chunk + 1) * CHUNK_TOKENS
+        for path, (a, b) in self._spans.items():  # a linear scan over at most MAX_FILES spans
+            if a <= start < b or a < end <= b:
+                text = tok.decode([int(t) for t in base.tokens[max(a, start):min(b, end)]])
+                lines = text.split("\n")  # whole lines only: a cut line at either end goes
+                body = "\n".join(lines[start > a:len(lines) - (end < b)]).strip("\n")
+                rel = next((os.path.relpath(path, r) for r in self.roots if path.startswith(str(r))), path)
+                return Snippet(path=rel, text=body, score=score) if body.strip() else None
+        return None
 
     def _document_index(self, uri: str, doc: tuple[str, int, str], cursor: int) -> CopyIndex:
         text = doc[2]

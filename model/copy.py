@@ -15,7 +15,6 @@ occurrences, so it costs well under a millisecond on a repository of millions of
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ KEY = 3  # tokens in a lookup key: shorter matches say too little
 MAX_MATCH = 48  # tokens compared back from the cursor
 MAX_OCCURRENCES = 20_000  # of one key, walked back (a very common key: the newest ones)
 MAX_CONTINUATION = 40  # tokens read after a match, up to the end of its line
-MAX_DECODED = 256  # occurrences decoded per lookup, longest match first
+MAX_DECODED = 64  # occurrences decoded per lookup, longest match first
 _SEP = -1  # between segments: no key and no match crosses it
 _BITS = 17  # 2**17 > vocabulary size: a key packs KEY token ids into one int64 exactly
 
@@ -100,6 +99,14 @@ class CopyIndex:
             alive = ok
         return ends, lengths
 
+    def occurrences(self, gram: Sequence[int], limit: int) -> np.ndarray:
+        """Where the KEY tokens `gram` end (positions after them); empty when more than `limit`."""
+        key = 0
+        for c in gram[-KEY:]:
+            key = (key << _BITS) | int(c)
+        lo, hi = np.searchsorted(self.keys, [key, key + 1])
+        return self.ends[lo:hi].astype(np.int64) if hi - lo <= limit else np.zeros(0, dtype=np.int64)
+
     def continuation(self, end: int) -> bytes:
         """The bytes after position `end` up to the end of that line (or MAX_CONTINUATION tokens)."""
         out = bytearray()
@@ -117,11 +124,11 @@ class CopyIndex:
 
 def find_candidates(indexes: Sequence[tuple[CopyIndex, np.ndarray | None]], context: Sequence[int],
                     forced: str, limit: int = 3) -> list[Candidate]:
-    """The most frequent rests of the line after the longest match of `context` + `forced`.
+    """Distinct rests of the line after matches of `context` + `forced`, best first.
 
     Only occurrences whose continuation spells out `forced` (the healed text at the cursor)
-    match at all. Of those, the longest match wins, as in the copy heuristic; its distinct
-    rests of line are returned most frequent first, each beginning with `forced`.
+    match at all. A rest ranks by its longest match, then by how often it followed a match of
+    that length (the copy heuristic's order); each begins with `forced`.
     """
     found: list[tuple[int, CopyIndex, int]] = []  # (length, index, end)
     for index, dead in indexes:
@@ -131,24 +138,22 @@ def find_candidates(indexes: Sequence[tuple[CopyIndex, np.ndarray | None]], cont
         return []
     found.sort(key=lambda f: -f[0])
     want = forced.encode("utf-8")
-    best = 0
-    counts: Counter[bytes] = Counter()
+    best: dict[bytes, list[int]] = {}  # rest -> [longest match, count at that length]
     for length, index, end in found[:MAX_DECODED]:
-        if length < best:
-            break
         rest = index.continuation(end)
-        if not rest.startswith(want) or len(rest) <= len(want) or not rest[len(want):].strip():
+        if not rest.startswith(want) or not rest[len(want):].strip():
             continue
-        best = length
-        counts[rest] += 1
-    if not counts:
-        return []
-    match_chars = sum(len(tok.token_bytes(int(t))) for t in context[-best:] if t >= 0)
+        seen = best.setdefault(rest, [length, 0])
+        seen[1] += seen[0] == length
+    ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], -kv[1][1]))
     out = []
-    for rest, count in counts.most_common(limit):
+    for rest, (length, count) in ranked:
         try:
             text = rest.decode("utf-8")
         except UnicodeDecodeError:
             continue
-        out.append(Candidate(text.rstrip(), count, match_chars))
+        chars = sum(len(tok.token_bytes(int(t))) for t in context[-length:] if t >= 0)
+        out.append(Candidate(text.rstrip(), count, chars))
+        if len(out) == limit:
+            break
     return out

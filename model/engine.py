@@ -232,7 +232,7 @@ class Engine:
                 pos += len(ids) - 1
                 pending, logits = ids, None
                 if constraint is not None:
-                    constraint.rest = b""
+                    constraint.finish()
         while not stopped:
             if not pending:  # choose the next token from the logits of the last step
                 assert logits is not None

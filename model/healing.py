@@ -74,15 +74,31 @@ def _after_spaces(rest: bytes, covering: list[int]) -> tuple[int, ...]:
     return tuple(out)
 
 
+@functools.cache
+def _whitespace_led() -> tuple[int, ...]:
+    """Ids of the real tokens whose text begins with whitespace."""
+    return tuple(i for i in range(tok.FIM_PREFIX_ID) if i != tok.EOT_ID and tok.token_bytes(i)[:1].isspace())
+
+
 class PrefixConstraint:
+    """The healed text still to spell out; after a healed line break, one more rule: the next
+    token may not begin with whitespace (a cursor at column 0 wants code there, not indentation)."""
+
     def __init__(self, forced: bytes) -> None:
         self.rest = forced
+        self._after_newline = forced.endswith(b"\n")
 
     @property
     def done(self) -> bool:
-        return not self.rest
+        return not self.rest and not self._after_newline
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.rest:
+            if not self._after_newline:
+                return logits
+            masked = logits.clone()
+            masked[torch.tensor(_whitespace_led(), device=logits.device)] = float("-inf")
+            return masked
         allowed = allowed_tokens(self.rest)
         if not allowed:
             return logits
@@ -92,5 +108,15 @@ class PrefixConstraint:
         return masked
 
     def advance(self, token: int) -> None:
+        if not self.rest:
+            self._after_newline = False
+            return
         b = tok.token_bytes(token) if token < tok.VOCAB_SIZE and token <= tok.FIM_SUFFIX_ID else b""
+        if len(b) > len(self.rest) and self.rest.endswith(b"\n") and not b[len(self.rest):][:1].isspace():
+            self._after_newline = False  # the token itself went on with code after the line break
         self.rest = self.rest[len(b):] if len(b) < len(self.rest) else b""
+
+    def finish(self) -> None:
+        """The output was decided elsewhere (a copy candidate): nothing is left to constrain."""
+        self.rest = b""
+        self._after_newline = False

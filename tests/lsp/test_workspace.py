@@ -111,3 +111,19 @@ def test_binary_and_huge_files_are_skipped_and_the_index_stays_bounded(tmp_path:
     stats = index.stats()
     assert stats.error is None and stats.tokens <= 2000 and stats.truncated
     assert 0 < stats.files < 30
+
+
+def test_retrieved_snippets_come_from_the_most_similar_chunk_of_another_file(tmp_path: Path) -> None:
+    (tmp_path / "billing.py").write_text(
+        "def invoice_total(invoice):\n    subtotal = sum(line.amount for line in invoice.lines)\n"
+        "    return subtotal + invoice.shipping_fee - invoice.discount\n")
+    (tmp_path / "other.py").write_text("def unrelated():\n    return 42\n" * 3)
+    _git(tmp_path)
+    index = _index(tmp_path)
+    query = "    subtotal = sum(line.amount for line in invoice.lines)\n"
+    found = index.snippets("file:///elsewhere.py", query, 2)
+    assert found and found[0].path == "billing.py" and found[0].text.startswith("def invoice_total(invoice):")
+    assert "invoice.shipping_fee" in found[0].text
+    # the same file open in the editor answers from its live text, not from a stale disk chunk
+    index.documents()[(tmp_path / "billing.py").as_uri()] = (os.path.realpath(tmp_path / "billing.py"), 1, "")
+    assert all(s.path != "billing.py" for s in index.snippets("file:///elsewhere.py", query, 2))

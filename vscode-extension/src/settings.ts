@@ -15,7 +15,8 @@ export interface ServerSettings {
   multiline: string;
   languages: string[];
   exclude: string[];
-  context: { maxPromptTokens: number; openFiles: number };
+  copy: boolean;
+  context: { maxPromptTokens: number; openFiles: number; repository: boolean };
 }
 
 function str(get: ConfigGetter, key: string, fallback: string): string {
@@ -55,9 +56,11 @@ export function buildServerSettings(get: ConfigGetter, apiKey: string | undefine
     multiline: str(get, "multiline", "auto"),
     languages: strings(get, "languages"),
     exclude: strings(get, "exclude"),
+    copy: get("copy") !== false,
     context: {
       maxPromptTokens: num(get, "context.maxPromptTokens", 896),
       openFiles: num(get, "context.openFiles", 4),
+      repository: get("context.repository") !== false,
     },
   };
   if (remoteModel) settings.remote.model = remoteModel;

@@ -12,7 +12,8 @@ test("defaults match the server's defaults and carry no API key", () => {
   assert.equal(s.backend, "local");
   assert.equal(s.model, "default");
   assert.equal(s.maxTokens, 48);
-  assert.deepEqual(s.context, { maxPromptTokens: 896, openFiles: 4 });
+  assert.deepEqual(s.context, { maxPromptTokens: 896, openFiles: 4, repository: true });
+  assert.equal(s.copy, true);
   assert.equal("apiKey" in s.remote, false);
   assert.equal("model" in s.remote, false);
 });
@@ -30,6 +31,8 @@ test("user values are forwarded under the server's key names, nested as the serv
       languages: ["python", 3, "rust"],
       exclude: ["**/secrets/**"],
       "context.openFiles": 0,
+      "context.repository": false,
+      copy: false,
     }),
     "sk-secret",
   );
@@ -39,6 +42,8 @@ test("user values are forwarded under the server's key names, nested as the serv
   assert.deepEqual(s.languages, ["python", "rust"]); // a wrong element is dropped, not forwarded
   assert.deepEqual(s.exclude, ["**/secrets/**"]);
   assert.equal(s.context.openFiles, 0);
+  assert.equal(s.context.repository, false);
+  assert.equal(s.copy, false);
 });
 
 test("wrongly typed values fall back to the defaults", () => {
