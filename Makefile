@@ -19,9 +19,8 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	@printf 'import os\n\n\ndef read_lines(path):\n    """Return the lines of a text file."""\n    with open(path) as f:\n        ' > $(VENV)/demo_snippet.py
-	@echo "--- snippet ($(VENV)/demo_snippet.py) ---"; cat $(VENV)/demo_snippet.py; echo; echo "--- inline completion through the language server (codeassist lsp), embedded default model ---"
-	$(PY) -m codeassist.lsp.demo $(VENV)/demo_snippet.py
+	@echo "--- inline completion through the language server (codeassist lsp), embedded default model, in a small project ---"
+	rm -rf $(VENV)/demo && $(PY) -m codeassist.lsp.demo --example $(VENV)/demo
 
 # mypy cannot follow setuptools' package-dir mapping, so it reads the packages through links
 .mypy-src: Makefile
@@ -34,13 +33,15 @@ lint: $(STAMP)
 typecheck: $(STAMP) .mypy-src
 	MYPYPATH=.mypy-src $(VENV)/bin/mypy $(foreach p,$(PACKAGES),-p codeassist.$(p))
 
-# Debian's Neovim 0.7 for the LSP client tests (the >= 0.11 one comes from the test extra's wheel).
-# Installs only when missing; harmless where apt-get is unavailable (that test then skips, saying why).
+# Debian's Neovim 0.7 for the LSP client tests (the >= 0.11 one comes from the test extra's wheel),
+# and curl for the team server's curl example. Installs only what is missing; where apt-get is
+# unavailable it says so, and the tests that need them fail saying what is missing.
 test-deps:
-	@[ -x /usr/bin/nvim ] || { command -v apt-get >/dev/null 2>&1 && \
-	  { apt-get install -y -qq neovim >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && \
-	    apt-get install -y -qq neovim >/dev/null 2>&1; }; }; } || \
-	  echo "test-deps: could not install Debian's neovim; the Neovim 0.7 test will skip"
+	@missing=""; [ -x /usr/bin/nvim ] || missing=" neovim"; command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	[ -z "$$missing" ] || { command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -qq $$missing >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && \
+	    apt-get install -y -qq $$missing >/dev/null 2>&1; }; }; } || \
+	  echo "test-deps: could not install$$missing; the tests that need it will fail"
 
 # The editor tests' tools (tests/editors): Debian's chromium, ripgrep, emacs with eglot, and the headers that
 # code-server's native modules build against; the VS Code extension's npm packages and code-server

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from codeassist.lsp.framing import FrameParser, FramingError
@@ -99,12 +100,17 @@ class LspClient:
         self.write({"jsonrpc": "2.0", "method": method, "params": params})
 
     async def initialize(self, options: dict[str, Any] | None = None, encodings: list[str] | None = None,
-                         process_id: int | None = None) -> Any:
+                         process_id: int | None = None, workspace: Path | None = None) -> Any:
+        """`workspace`: the folder opened in the editor (rootUri and workspaceFolders)."""
         caps: dict[str, Any] = {"textDocument": {"inlineCompletion": {}}}
         if encodings:
             caps["general"] = {"positionEncodings": encodings}
-        result = await self.request("initialize", {"processId": process_id, "rootUri": None,
-                                                   "capabilities": caps, "initializationOptions": options})
+        params: dict[str, Any] = {"processId": process_id, "rootUri": None, "capabilities": caps,
+                                  "initializationOptions": options}
+        if workspace is not None:
+            uri = workspace.resolve().as_uri()
+            params |= {"rootUri": uri, "workspaceFolders": [{"uri": uri, "name": workspace.name}]}
+        result = await self.request("initialize", params)
         self.notify("initialized", {})
         return result
 

@@ -59,10 +59,12 @@ class CopyParams:
 
     The model scores each with its line end in one forward pass; the best is taken when its mean
     log-probability per token is at least `min_logprob` (a candidate the model finds unlikely is
-    not taken), and decoding goes on after it. Without candidates nothing changes.
+    not taken), and it is the whole output. Without candidates nothing changes.
     """
     candidates: tuple[str, ...] = ()
-    min_logprob: float = -1.0
+    # Tuned on requests and urllib3 (300 lines, benchmarks/README.md): the embedded model's scores
+    # barely tell right candidates from wrong ones, so it only vetoes what it finds absurd.
+    min_logprob: float = -8.0
 
 
 @dataclass(frozen=True)
@@ -226,13 +228,13 @@ class Engine:
             assert logits is not None
             chosen, copy_scores = self._choose_copy(req, logits if constraint is None else constraint.mask(logits),
                                                pos, max_new)
-            if chosen is not None:
+            if chosen is not None:  # the suggestion is that line: one the user can check at a glance
                 ids, copied = chosen
-                self._cached.extend(ids[:-1])  # their keys and values are in the cache now
-                pos += len(ids) - 1
-                pending, logits = ids, None
-                if constraint is not None:
-                    constraint.finish()
+                out = ids[:-1]
+                self._cached.extend(out)  # their keys and values are in the cache: typing on reuses them
+                for token in out:
+                    decoder.push(token)
+                reason, stopped, first_ms = "stop", True, (time.perf_counter() - t0) * 1e3
         while not stopped:
             if not pending:  # choose the next token from the logits of the last step
                 assert logits is not None
@@ -242,8 +244,6 @@ class Engine:
                 if constraint is not None:
                     constraint.advance(pending[0])
                 from_draft = 0
-            elif copied is not None and not out:
-                from_draft = 0  # a copy candidate, not a draft
             else:
                 from_draft = len(pending) - 1  # all but the last came from the draft
             for j, token in enumerate(pending):
@@ -307,8 +307,8 @@ class Engine:
 
         Each candidate is scored with a newline after it (the model must also agree that the line
         ends there). `logits` are the healing constraint's, so the first token's probability is
-        given the text the user typed (every candidate spells it out). The chosen one is scored last, so its keys and values are what the cache
-        holds past the prompt when decoding goes on after it.
+        given the text the user typed (every candidate spells it out). The chosen one is scored
+        last, so the cache holds its keys and values past the prompt for the next keystroke.
         """
         first = torch.log_softmax(logits, dim=-1)
         room = min(max_new, self.config.block_size - pos)

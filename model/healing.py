@@ -115,8 +115,3 @@ class PrefixConstraint:
         if len(b) > len(self.rest) and self.rest.endswith(b"\n") and not b[len(self.rest):][:1].isspace():
             self._after_newline = False  # the token itself went on with code after the line break
         self.rest = self.rest[len(b):] if len(b) < len(self.rest) else b""
-
-    def finish(self) -> None:
-        """The output was decided elsewhere (a copy candidate): nothing is left to constrain."""
-        self.rest = b""
-        self._after_newline = False

@@ -59,21 +59,23 @@ def test_no_candidates_or_a_refused_one_gives_exactly_todays_tokens() -> None:
 
 
 @pytest.mark.parametrize("order", [1, -1])
-def test_a_taken_candidate_decodes_on_exactly_as_if_it_were_in_the_prompt(order: int) -> None:
+def test_a_taken_candidate_is_the_line_and_the_next_keystroke_reuses_it_exactly(order: int) -> None:
     """Either order: once the taken candidate is scored last, once it must be scored again."""
     candidates = (" x", " return self.width * self.height")[::order]
     engine = Engine(make_tiny(1), torch.device("cpu"))
     engine.generate(_request(PROMPT[:-3], CopyParams(), n=2))  # a cache holding an older prompt
     took = engine.generate(_request(PROMPT, CopyParams(candidates, min_logprob=-1e9), " ", n=20))
     best = candidates[max(range(2), key=lambda i: took.copy_scores[i])]
-    assert took.copied == best and took.text.startswith(best + "\n")
-    ids = tok.encode(best + "\n")
-    assert took.tokens[:len(ids)] == ids
-    cold = Engine(make_tiny(1), torch.device("cpu")).generate(_request(PROMPT + ids, CopyParams(), n=20 - len(ids)))
-    assert took.tokens[len(ids):] == cold.tokens
-    # the keys and values the cache holds after the prompt are the taken candidate's, exactly
-    full = [*PROMPT, *took.tokens]
-    with torch.inference_mode():
+    assert took.copied == best and took.text == best and took.stop_reason == "stop"
+    assert took.tokens == tok.encode(best + "\n")[:-1]
+    # the user accepts it and goes on: the cache's keys and values for the line are reused
+    nxt = [*PROMPT, *took.tokens, *tok.encode("\n")]
+    warm = engine.generate(_request(nxt, CopyParams(), n=8))
+    assert warm.reused_tokens == len(PROMPT) + len(took.tokens)
+    cold = Engine(make_tiny(1), torch.device("cpu")).generate(_request(nxt, CopyParams(), n=8))
+    assert warm.tokens == cold.tokens
+    full = [*nxt, *warm.tokens]
+    with torch.inference_mode():  # exactly: the logits after the reused slots equal a fresh pass
         cached = engine.score_tokens(full[-1:], len(full) - 1)[-1]
         fresh = Engine(make_tiny(1), torch.device("cpu"))
         fresh._ensure_cache(1)
