@@ -24,6 +24,7 @@ from codeassist.lsp.harness import TypingReport, server_command, type_file
 
 CONFIGS = (
     ("cache + prefix reuse", {"cache": True, "prefixReuse": True}),
+    ("no copy candidates", {"cache": True, "prefixReuse": True, "copy": False}),
     ("no cache", {"cache": False, "prefixReuse": True}),
     ("no cache, no prefix reuse", {"cache": False, "prefixReuse": False}),
 )

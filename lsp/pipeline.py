@@ -140,7 +140,9 @@ class Pipeline:
         if not self.settings.copy or self.workspace is None or not prompt.tail:
             return ()
         cursor = ctx.prefix_offset + len(ctx.prefix)
-        found = self.workspace.candidates(ctx.uri, cursor, list(prompt.tail), prompt.forced)
+        # one candidate, the copy heuristic's choice: the embedded model's scores picked worse
+        # among several than the longest match did (benchmarks/README.md), and each costs a pass
+        found = self.workspace.candidates(ctx.uri, cursor, list(prompt.tail), prompt.forced, limit=1)
         return tuple(prompt.forced + c.text[len(prompt.forced):] for c in found)
 
 
