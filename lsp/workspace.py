@@ -33,7 +33,7 @@ from codeassist.model.copy import KEY, Candidate, CopyIndex, find_candidates
 
 log = logging.getLogger(__name__)
 
-MAX_TOKENS = 6_000_000  # about 100 MB of index (16 bytes a token)
+MAX_TOKENS = 4_000_000  # 64 MB of index (16 bytes a token); about 200 MB at the peak of a build
 MAX_FILES = 50_000
 MAX_FILE_BYTES = 1 << 20
 CHUNK_TOKENS = 128  # retrieved snippets: windows of about a dozen lines
@@ -119,7 +119,7 @@ class WorkspaceIndex:
 
     def _build(self) -> None:
         t0 = time.perf_counter()
-        segments: list[list[int]] = []
+        segments: list[np.ndarray] = []  # int32 at once: Python ints would cost 36 bytes a token
         spans: dict[str, tuple[int, int]] = {}
         n = nbytes = 0
         truncated = False
@@ -132,7 +132,7 @@ class WorkspaceIndex:
                     text = read_source(path)
                     if text is None:
                         continue
-                    ids = tok.encode(text)[:self.max_tokens - n]
+                    ids = np.asarray(tok.encode(text)[:self.max_tokens - n], dtype=np.int32)
                     spans[os.path.realpath(path)] = (n + len(segments), n + len(segments) + len(ids))  # + separators
                     segments.append(ids)
                     n += len(ids)

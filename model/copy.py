@@ -41,7 +41,7 @@ class Candidate:
 class CopyIndex:
     """Token n-gram occurrences over segments of token ids (files, or parts of the document)."""
 
-    def __init__(self, segments: Iterable[Sequence[int]]) -> None:
+    def __init__(self, segments: Iterable[Sequence[int] | np.ndarray]) -> None:
         parts: list[np.ndarray] = []
         for seg in segments:
             if len(seg):
@@ -52,16 +52,22 @@ class CopyIndex:
             self.keys = np.zeros(0, dtype=np.int64)
             self.ends = np.zeros(0, dtype=np.int32)
             return
-        t = self.tokens.astype(np.int64)
-        keys = np.zeros(n - KEY + 1, dtype=np.int64)
-        valid = np.ones(n - KEY + 1, dtype=bool)
-        for j in range(KEY):  # key of tokens[i : i + KEY], which ends at i + KEY
-            col = t[j:n - KEY + 1 + j]
-            keys = (keys << _BITS) | np.maximum(col, 0)
-            valid &= col >= 0
-        order = np.argsort(keys[valid], kind="stable")
-        self.keys = keys[valid][order]
-        self.ends = (np.nonzero(valid)[0] + KEY).astype(np.int32)[order]
+        m = n - KEY + 1
+        keys = np.zeros(m, dtype=np.int64)
+        sep = np.zeros(m, dtype=bool)
+        for j in range(KEY):  # the key of tokens[i : i + KEY], which ends at i + KEY
+            col = self.tokens[j:j + m]
+            keys <<= _BITS
+            keys |= np.maximum(col, 0)
+            sep |= col < 0
+        ends = np.flatnonzero(~sep).astype(np.int32)
+        del sep
+        keys = keys[ends]
+        order = np.argsort(keys)  # the transient peak: about 40 bytes a token
+        self.keys = keys[order]
+        del keys
+        self.ends = ends[order] + KEY
+        del order, ends
 
     @property
     def n_tokens(self) -> int:
