@@ -7,13 +7,21 @@ One call, `complete(prefix, suffix, ...)`, spoken in one of three dialects:
 - "llamacpp": llama.cpp's /infill.
 Every call has a deadline (timeout_ms); cancelling the awaiting task cancels the HTTP request.
 Failures raise RemoteError, whose str() is one sentence for the status line.
+
+A busy server (429, or 503 while it loads or drains) says in Retry-After how long to stay away.
+An editor asks on every keystroke, so the client honours it: until then every call fails at
+once, without a request, and the language server answers from its fallback if it has one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -22,6 +30,7 @@ __all__ = ["APIS", "RemoteClient", "RemoteError", "RemoteSettings"]
 
 APIS = ("codeassist", "openai", "llamacpp")
 MAX_OPENAI_STOPS = 4  # OpenAI's limit; servers that follow it refuse more
+MAX_RETRY_AFTER_S = 600  # a longer Retry-After is capped: a misconfigured server must not mute us for hours
 
 
 @dataclass(frozen=True)
@@ -42,7 +51,8 @@ class RemoteError(Exception):
 
 
 class RemoteClient:
-    def __init__(self, settings: RemoteSettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, settings: RemoteSettings, transport: httpx.AsyncBaseTransport | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if settings.api not in APIS:
             raise RemoteError(f"unknown remote API {settings.api!r}; use codeassist, openai or llamacpp")
         if not settings.url.startswith(("http://", "https://")):
@@ -57,9 +67,15 @@ class RemoteClient:
         self._http = httpx.AsyncClient(base_url=base, headers=headers, transport=transport,
                                        timeout=httpx.Timeout(seconds, connect=min(seconds, 1.0)),
                                        trust_env=False)
+        self._clock = clock
+        self._retry_at = -math.inf  # clock() before which the server asked not to be called ...
+        self._busy = ""  # ... and what it said
 
     async def complete(self, prefix: str, suffix: str, *, max_tokens: int, temperature: float,
                        stop: list[str]) -> str:
+        wait_s = self._retry_at - self._clock()
+        if wait_s > 0:
+            raise RemoteError(f"{self._busy}; next try in {math.ceil(wait_s)} s")
         path, body = self._request(prefix, suffix, max_tokens, temperature, stop)
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -96,7 +112,12 @@ class RemoteClient:
 
     def _parse(self, response: httpx.Response) -> str:
         if response.status_code != 200:
-            raise RemoteError(_describe_status(response, self.settings.url))
+            message = _describe_status(response, self.settings.url)
+            delay = retry_after_s(response) if response.status_code in (429, 503) else None
+            if delay is None:
+                raise RemoteError(message)
+            self._retry_at, self._busy = self._clock() + delay, message
+            raise RemoteError(f"{message}; next try in {math.ceil(delay)} s")
         try:
             data = response.json()
             if self.settings.api == "llamacpp":
@@ -105,6 +126,18 @@ class RemoteClient:
         except (ValueError, KeyError, IndexError, TypeError):
             raise RemoteError(f"the completion server at {self.settings.url} sent an answer that is not "
                               f"a {self.settings.api} completion") from None
+
+
+def retry_after_s(response: httpx.Response) -> float | None:
+    """Seconds the server asked to wait (Retry-After: seconds or an HTTP date), capped; None if unsaid."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value) if value.isdigit() else parsedate_to_datetime(value).timestamp() - time.time()
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S) if math.isfinite(seconds) else None
 
 
 def _describe_status(response: httpx.Response, url: str) -> str:
