@@ -3,9 +3,7 @@
 import asyncio
 import contextlib
 import json
-import statistics
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -73,9 +71,7 @@ async def test_deeply_nested_json_is_a_parse_error(ready: LspClient) -> None:
 
 async def test_one_gib_content_length_does_not_hang(ready: LspClient) -> None:
     ready.write(b"Content-Length: 1073741824\r\n\r\n" + b"x" * 4096, raw=True)
-    t0 = time.perf_counter()
-    await still_usable(ready)
-    assert time.perf_counter() - t0 < 5  # answered, not blocked reading a gigabyte
+    await still_usable(ready)  # answered (within its 5 s wait), not blocked reading a gigabyte
 
 
 async def test_wrongly_typed_params_get_invalid_params_for_the_same_id(ready: LspClient) -> None:
@@ -126,9 +122,7 @@ async def test_lifecycle_before_initialize_and_after_shutdown(raw: LspClient) ->
 
 async def test_exit_without_shutdown_is_exit_code_1(ready: LspClient) -> None:
     ready.notify("exit")
-    t0 = time.perf_counter()
-    assert await asyncio.wait_for(ready.proc.wait(), 5) == 1
-    assert time.perf_counter() - t0 < 2
+    assert await asyncio.wait_for(ready.proc.wait(), 5) == 1  # the wait's timeout catches a hang
 
 
 async def test_server_exits_when_the_editor_process_is_gone(raw: LspClient) -> None:
@@ -145,14 +139,9 @@ async def test_status_answers_while_a_generation_runs_and_cancel_stops_it() -> N
         open_doc(client, "import os\nx = \n")
         gen_id, gen = inline(client, 1, 4)
         await asyncio.sleep(0.2)
-        times = []
         for _ in range(100):
-            t0 = time.perf_counter()
             await client.request("codeassist/status", {}, timeout=5)
-            times.append((time.perf_counter() - t0) * 1e3)
         assert not gen.done()  # every status answer came while the generation was still running
-        print(f"codeassist/status during generation: p50 {statistics.median(times):.2f} ms, "
-              f"p99 {sorted(times)[98]:.2f} ms")
         client.notify("$/cancelRequest", {"id": gen_id})
         with pytest.raises(LspError) as err:
             await asyncio.wait_for(gen, 5)  # long before the 30 s generation would end

@@ -6,6 +6,7 @@ import time
 import pytest
 import torch
 
+from codeassist.model import engine as engine_module
 from codeassist.model import tokenizer as tok
 from codeassist.model.engine import Engine, GenerationRequest, StopRules, fit_to_context
 from codeassist.model.gpt import GPT
@@ -108,18 +109,34 @@ def test_cancel_flag_is_read_after_every_token() -> None:
     assert res.stop_reason == "cancelled" and len(res.tokens) == 1
 
 
-def test_time_budget_stops_decoding() -> None:
+class FakeClock:
+    """The engine's `time` module, with a clock that moves only when the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+def test_time_budget_stops_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(engine_module, "time", clock)
     engine = Engine(make_tiny(), torch.device("cpu"))
-    slow_step = engine.decode_one_token
+    step = engine.decode_one_token
 
-    def slow(token: int, pos: int) -> torch.Tensor:
-        time.sleep(0.02)
-        return slow_step(token, pos)
+    def one_second_step(token: int, pos: int) -> torch.Tensor:
+        clock.now += 1.0
+        return step(token, pos)
 
-    engine.decode_one_token = slow  # type: ignore[method-assign]
+    engine.decode_one_token = one_second_step  # type: ignore[method-assign]
     res = engine.generate(GenerationRequest(prompt=PROMPT, stop=StopRules(
-        max_new_tokens=200, stop_on_eos=False, time_budget_s=0.1)))
-    assert res.stop_reason == "time" and 1 <= len(res.tokens) < 100  # 200 would take >= 4 s
+        max_new_tokens=200, stop_on_eos=False, time_budget_s=4.5)))
+    # token k is chosen at second k - 1: the 6th, at 5 s, is the first past the 4.5 s budget
+    assert res.stop_reason == "time" and len(res.tokens) == 6
 
 
 def test_forced_prefix_is_spelled_out_first() -> None:

@@ -80,14 +80,13 @@ def closed_port() -> int:
 
 
 async def test_a_dead_server_fails_fast_with_a_reason() -> None:
-    client = RemoteClient(RemoteSettings(url=f"http://127.0.0.1:{closed_port()}", timeout_ms=2000))
-    t0 = time.monotonic()
+    client = RemoteClient(RemoteSettings(url=f"http://127.0.0.1:{closed_port()}", timeout_ms=60_000))
     try:
         with pytest.raises(RemoteError, match="cannot reach"):
-            await client.complete("x", "", **ARGS)  # type: ignore[arg-type]
+            # long before the 60 s timeout: refused connections do not wait for it
+            await asyncio.wait_for(client.complete("x", "", **ARGS), 30)  # type: ignore[arg-type]
     finally:
         await client.aclose()
-    assert time.monotonic() - t0 < 2.0  # refused connections do not wait for the timeout
 
 
 async def test_a_server_that_never_answers_times_out() -> None:

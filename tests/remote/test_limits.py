@@ -9,7 +9,8 @@ import time
 import httpx
 import pytest
 
-from codeassist.remote import generation
+from codeassist.model.engine import Engine
+from codeassist.remote import generation, scheduler
 from codeassist.remote.batch import BatchState
 from codeassist.remote.settings import ServerSettings, SettingsError
 from tests.remote.conftest import Live, tiny_engine
@@ -130,12 +131,36 @@ def test_a_full_queue_answers_429_with_retry_after_and_admitted_requests_finish(
     assert live.metric('codeassist_requests_rejected_total{reason="queue_full"}') == codes.count(429)
 
 
-def test_the_per_request_time_limit_cuts_generation(serve) -> None:  # type: ignore[no-untyped-def]
-    live: Live = serve(ServerSettings(port=0, request_timeout_s=0.5), load=lambda: tiny_engine(0.02))
+class FakeClock:
+    """The server's `time` module where deadlines are set and checked, with a clock that moves only
+    when the model runs: one second for every forward pass."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+def test_the_per_request_time_limit_cuts_generation(serve, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    clock = FakeClock()
+    monkeypatch.setattr(generation, "time", clock)  # the request's deadline
+    monkeypatch.setattr(scheduler, "time", clock)  # the check after every token
+
+    def ticking_engine() -> Engine:
+        engine = tiny_engine()
+        engine.model.lm_head.register_forward_hook(lambda *_: setattr(clock, "now", clock.now + 1.0))
+        return engine
+
+    live: Live = serve(ServerSettings(port=0, request_timeout_s=4.5), load=ticking_engine)
     r = httpx.post(live.url + "/v1/completions", json=LONG, timeout=30)
     assert r.status_code == 200
     assert r.json()["choices"][0]["finish_reason"] == "length"
-    assert 0 < r.json()["usage"]["completion_tokens"] < 200
+    # token k comes out of the k-th forward pass, at second k: the 5th is the first at or past 4.5 s
+    assert r.json()["usage"]["completion_tokens"] == 5
     assert live.metric('codeassist_sequences_finished_total{reason="time"}') == 1
     # (a request whose limit passes while it waits for a row: test_scheduler.py)
 

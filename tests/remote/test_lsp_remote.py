@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -112,12 +111,9 @@ async def test_against_a_dead_server_it_answers_within_the_timeout_with_a_reason
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    client = await lsp({"url": f"http://127.0.0.1:{port}", "timeoutMs": 3000})
-    assert await inline(client) == []  # the first request also pays the server's lazy imports
-    t0 = time.monotonic()
-    texts = await inline(client)
-    elapsed = time.monotonic() - t0
-    assert texts == []
-    assert elapsed < 3.0  # within the timeout: a refused connection does not wait for it
+    client = await lsp({"url": f"http://127.0.0.1:{port}", "timeoutMs": 60000})  # the longest allowed
+    # answered long before the 60 s timeout: a refused connection does not wait for it
+    assert await asyncio.wait_for(inline(client), 30) == []  # (the first also pays lazy imports)
+    assert await asyncio.wait_for(inline(client), 30) == []
     st = await status(client)
     assert "cannot reach" in st["lastReason"], st

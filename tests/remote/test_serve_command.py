@@ -93,8 +93,11 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path: Path) -> None:
         reader.start()
         assert first.wait(30)
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.05)
-        assert httpx.get(url + "/ready", timeout=5).status_code == 503
+        # draining has begun once /ready says so (the wait's bound catches a server that never drains)
+        deadline = time.monotonic() + 30
+        while httpx.get(url + "/ready", timeout=5).status_code != 503:
+            assert time.monotonic() < deadline, "SIGTERM did not start draining"
+            time.sleep(0.01)
         refused = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=5)
         assert refused.status_code == 503
         reader.join(600)
