@@ -10,6 +10,8 @@ import pytest
 
 from codeassist.cli.complete import cursor_offset
 from codeassist.cli.errors import UserError
+from codeassist.model.completion import complete
+from codeassist.model.engine import Engine
 
 
 def run_cli(*args: str, stdin: bytes | None = None, home: Path) -> subprocess.CompletedProcess[str]:
@@ -18,21 +20,31 @@ def run_cli(*args: str, stdin: bytes | None = None, home: Path) -> subprocess.Co
                           capture_output=True, text=True, timeout=120, env=env)
 
 
+def reference(model: Path, prefix: str, suffix: str, max_tokens: int) -> tuple[str, int]:
+    """The same model run here: (the completion, tokens generated); the CLI must print exactly it."""
+    text, result = complete(Engine.load(str(model), device="cpu"), prefix, suffix, max_new_tokens=max_tokens)
+    assert text.strip()  # something to compare with
+    return text, len(result.tokens)
+
+
 def test_completes_a_file_with_json_output(tmp_path: Path, tiny_model_file: Path, isolated_home: Path) -> None:
     src = tmp_path / "a.py"
     src.write_text("def add(a, b):\n    return a + b\n")
     res = run_cli("complete", str(src), "--line", "2", "--col", "5", "--model", str(tiny_model_file),
-                  "--max-tokens", "5", "--json", home=isolated_home)
+                  "--max-tokens", "5", "--threads", "1", "--json", home=isolated_home)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert set(out) >= {"completion", "model", "tokens", "latency_ms"}
-    assert out["model"] == "tiny" and 0 <= out["tokens"] <= 5 and isinstance(out["completion"], str)
+    text, tokens = reference(tiny_model_file, "def add(a, b):\n    ", "return a + b\n", 5)
+    assert out["model"] == "tiny" and out["completion"] == text and out["tokens"] == tokens
 
 
 def test_reads_standard_input(tiny_model_file: Path, isolated_home: Path) -> None:
-    res = run_cli("complete", "-", "--model", str(tiny_model_file), "--max-tokens", "3",
-                  stdin=b"import os\n", home=isolated_home)
+    res = run_cli("complete", "-", "--model", str(tiny_model_file), "--max-tokens", "3", "--threads", "1",
+                  stdin=b"import os\nx = ", home=isolated_home)
     assert res.returncode == 0, res.stderr
+    text, _ = reference(tiny_model_file, "import os\nx = ", "", 3)  # the cursor: the end of the input
+    assert res.stdout == text + ("" if text.endswith("\n") else "\n")
 
 
 @pytest.mark.parametrize("case,content,extra,needle", [

@@ -1,4 +1,8 @@
-"""End to end through pytest-lsp (a pygls client): the real server process with a real (tiny) model."""
+"""End to end through pytest-lsp (a pygls client): the real server process.
+
+The completion, settings and disabled-language tests run it on a real model (the tiny random one
+of `tiny_model_path`); the cancel test runs it on the deterministic fake backend (`--backend fake`).
+"""
 
 import asyncio
 import sys
@@ -10,10 +14,18 @@ import pytest
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
+from codeassist.lsp.context import build_context
+from codeassist.lsp.prompt import build_prompt
+from codeassist.model.engine import Engine, GenerationRequest, StopRules
+
 pytestmark = pytest.mark.slow
 
 URI = "file:///tmp/e2e.py"
 TEXT = 'import os\n\n\ndef read_lines(path):\n    """Return the lines of a file."""\n    with open(path) as f:\n        \n'
+MAX_TOKENS = 12
+# Where the tiny random model suggests visible text. (At TEXT's cursor it suggests only spaces,
+# which the post-processing rightly drops, so an empty answer there would prove nothing.)
+ASSIGN_URI, ASSIGN = "file:///tmp/e2e_assign.py", "x = \n"
 
 
 async def start(*args: str) -> LanguageClient:
@@ -22,7 +34,8 @@ async def start(*args: str) -> LanguageClient:
     caps = types.ClientCapabilities(general=types.GeneralClientCapabilities(
         position_encodings=[types.PositionEncodingKind.Utf16]))
     result = await client.initialize_session(types.InitializeParams(
-        capabilities=caps, initialization_options={"codeassist": {"maxTokens": 12}}))
+        capabilities=caps, initialization_options={"codeassist": {
+            "maxTokens": MAX_TOKENS, "timeBudgetMs": 30000}}))  # no budget cut: the output is deterministic
     client.init_result = result  # type: ignore[attr-defined]
     return client
 
@@ -50,38 +63,64 @@ async def client(tiny_model_path: Path) -> AsyncIterator[LanguageClient]:
     await c.stop()
 
 
-async def test_inline_and_classic_completion_with_a_real_model(client: LanguageClient) -> None:
+def model_continuation(model_path: Path, text: str, offset: int) -> str:
+    """What the model itself writes at the cursor: a greedy run in this process, on the prompt the
+    server builds, with no stop strings and no post-processing (the server may only cut it)."""
+    engine = Engine.load(str(model_path), device="cpu")
+    ctx = build_context(ASSIGN_URI, "python", text, offset)
+    prompt = build_prompt(ctx, engine.config.block_size - MAX_TOKENS)
+    result = engine.generate(GenerationRequest(prompt=prompt.ids, forced_prefix=prompt.forced.encode(),
+                                               stop=StopRules(max_new_tokens=MAX_TOKENS)))
+    assert result.text.startswith(prompt.forced)
+    return result.text[len(prompt.forced):]
+
+
+async def test_inline_and_classic_completion_with_a_real_model(client: LanguageClient,
+                                                               tiny_model_path: Path) -> None:
     caps = client.init_result.capabilities  # type: ignore[attr-defined]
     assert caps.inline_completion_provider and caps.completion_provider
     assert caps.position_encoding == "utf-16"
     sync = caps.text_document_sync
     assert sync.change == types.TextDocumentSyncKind.Incremental
+    reference = asyncio.ensure_future(asyncio.to_thread(model_continuation, tiny_model_path, ASSIGN, 4))
     status = await wait_ready(client)
     assert status["backend"] == "local" and status["device"] == "cpu"
     client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
-        uri=URI, language_id="python", version=1, text=TEXT)))
-    pos = types.Position(line=6, character=8)
+        uri=ASSIGN_URI, language_id="python", version=1, text=ASSIGN)))
+    pos = types.Position(line=0, character=4)  # after "x = "
+    expected = await reference
+    assert expected.strip()
     inline = await client.text_document_inline_completion_async(types.InlineCompletionParams(
-        text_document=types.TextDocumentIdentifier(URI), position=pos,
+        text_document=types.TextDocumentIdentifier(ASSIGN_URI), position=pos,
         context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)))
     assert isinstance(inline, types.InlineCompletionList)
-    for item in inline.items:
-        assert item.range == types.Range(pos, pos) and item.insert_text
-    classic = await client.text_document_completion_async(types.CompletionParams(
-        text_document=types.TextDocumentIdentifier(URI), position=pos))
-    assert isinstance(classic, types.CompletionList)
     status = await get_status(client)
-    # the random tiny model may suggest nothing, but then the status says why
-    assert status["p50Ms"] is not None
-    assert bool(inline.items) or status["lastReason"]
+    assert len(inline.items) == 1, status["lastReason"]
+    (item,) = inline.items
+    text = str(item.insert_text)
+    # the model's own words (post-processing may only shorten them), inserted at the cursor
+    assert text.strip() and expected.startswith(text), (text, expected)
+    assert item.range == types.Range(pos, pos)
+    classic = await client.text_document_completion_async(types.CompletionParams(
+        text_document=types.TextDocumentIdentifier(ASSIGN_URI), position=pos,
+        context=types.CompletionContext(trigger_kind=types.CompletionTriggerKind.Invoked)))
+    assert isinstance(classic, types.CompletionList)
+    (entry,) = classic.items
+    assert entry.text_edit is not None and entry.text_edit.new_text == text  # no word typed before the cursor
+    assert entry.text_edit.range == types.Range(pos, pos)  # type: ignore[union-attr]
+    assert entry.label == text.strip()
+    status = await get_status(client)
+    assert status["p50Ms"] is not None and status["lastReason"] is None
 
 
 async def test_bad_setting_is_reported_once_and_ignored(client: LanguageClient) -> None:
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
-        settings={"codeassist": {"maxTokens": "lots"}}))
+        settings={"codeassist": {"maxTokens": "lots", "temperature": "hot"}}))  # two bad values
     await asyncio.wait_for(client.wait_for_notification("window/showMessage"), 10)
-    assert any("maxTokens" in m.message for m in client.messages)
+    # a request after the change: every message the change caused has arrived before its answer
     assert (await get_status(client))["backend"] == "local"
+    assert len(client.messages) == 1, [m.message for m in client.messages]
+    assert "maxTokens" in client.messages[0].message
 
 
 async def test_cancel_request_is_answered_with_request_cancelled() -> None:

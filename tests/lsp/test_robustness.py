@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -132,20 +133,58 @@ async def test_server_exits_when_the_editor_process_is_gone(raw: LspClient) -> N
     assert await asyncio.wait_for(raw.proc.wait(), 10) != 0
 
 
+# The server as `codeassist lsp --backend fake` runs it, plus one request that reads the fake
+# backend's counters: how many decode steps it ran, and how many of its generations were cancelled.
+COUNTING_SERVER = textwrap.dedent("""
+    import os, sys
+    from codeassist.lsp.backends import FakeBackend
+    from codeassist.lsp.cli import scripted_response
+    from codeassist.lsp.server import CodeassistServer, serve_stdio
+    from codeassist.lsp.settings import Settings
+
+    fake = FakeBackend(scripted_response, steps=100_000, step_s=0.01)  # a generation of ~17 minutes
+    server = CodeassistServer(Settings(backend="fake"), lambda settings: fake)
+
+    @server.feature("test/fakeBackend")
+    def counters(ls, params):
+        return {"stepsRun": fake.steps_run, "cancelled": fake.cancelled, "requests": len(fake.requests)}
+
+    code = serve_stdio(server)
+    sys.stderr.flush()
+    os._exit(code)
+""")
+
+
+async def counters(client: LspClient) -> dict[str, int]:
+    result: dict[str, int] = await client.request("test/fakeBackend", {}, timeout=5)
+    return result
+
+
 async def test_status_answers_while_a_generation_runs_and_cancel_stops_it() -> None:
-    client = await LspClient.start(server_cmd("--backend", "fake", "--fake-delay-ms", "30000"))
+    client = await LspClient.start([sys.executable, "-c", COUNTING_SERVER])
     try:
         await client.initialize()
         open_doc(client, "import os\nx = \n")
         gen_id, gen = inline(client, 1, 4)
-        await asyncio.sleep(0.2)
+        async with asyncio.timeout(30):
+            while (await counters(client))["stepsRun"] == 0:  # the generation has begun
+                await asyncio.sleep(0.01)
         for _ in range(100):
             await client.request("codeassist/status", {}, timeout=5)
         assert not gen.done()  # every status answer came while the generation was still running
         client.notify("$/cancelRequest", {"id": gen_id})
         with pytest.raises(LspError) as err:
-            await asyncio.wait_for(gen, 5)  # long before the 30 s generation would end
+            await asyncio.wait_for(gen, 5)  # long before the generation would end
         assert err.value.code == -32800
+        # the backend's own work stopped: its generation was cancelled, not left running
+        async with asyncio.timeout(10):
+            while (await counters(client))["cancelled"] == 0:
+                await asyncio.sleep(0.01)
+        stopped = await counters(client)
+        assert stopped["cancelled"] == 1 and stopped["requests"] == 1
+        assert 0 < stopped["stepsRun"] < 100_000
+        await asyncio.sleep(0.2)  # twenty decode steps' time: a generation still running would step on
+        assert (await counters(client))["stepsRun"] == stopped["stepsRun"]
     finally:
         await client.close()
 

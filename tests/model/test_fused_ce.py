@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from codeassist.model import fused_ce
 from codeassist.model.fused_ce import linear_cross_entropy
 from tests.conftest import make_tiny
 
@@ -59,17 +60,32 @@ def test_peaked_logits_do_not_overflow() -> None:
     torch.testing.assert_close(got, F.cross_entropy(x @ w.t(), y, ignore_index=-1), rtol=1e-4, atol=1e-3)
 
 
-def test_model_training_loss_uses_it_and_matches_the_logits() -> None:
+def test_model_training_loss_uses_it_and_matches_the_logits(monkeypatch: pytest.MonkeyPatch) -> None:
     model = make_tiny()
     model.train()
     idx = torch.randint(0, 50257, (2, 17))
     targets = torch.randint(0, 50257, (2, 17))
     targets[0, :3] = -1
+    fused_calls: list[int] = []
+    real_forward = fused_ce._LinearCrossEntropy.forward
+
+    def counting_forward(*args: object) -> torch.Tensor:
+        fused_calls.append(1)
+        return real_forward(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fused_ce._LinearCrossEntropy, "forward", staticmethod(counting_forward))
+    head_calls: list[int] = []
+    hook = model.lm_head.register_forward_hook(lambda *_: head_calls.append(1))
     fused = model(idx, targets=targets)
+    # the fused path ran: its autograd function, and the head layer never made the logits
+    assert fused_calls == [1] and head_calls == []
+    assert type(fused.grad_fn).__name__ == "_LinearCrossEntropyBackward"
     fused.backward()
     fused_grad = model.transformer.wte.weight.grad.clone()
     model.zero_grad()
     logits = model(idx)
+    assert head_calls == [1]
+    hook.remove()
     plain = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
     plain.backward()
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)

@@ -30,14 +30,20 @@ def test_indentation_allows_the_run_one_space_shorter_that_precedes_a_word() -> 
     eight = " " * 8
     allowed = _texts(eight)
     assert " " * 7 in allowed  # "        return" encodes as 7 spaces + " return"
-    assert eight in allowed
+    assert eight not in allowed and " " * 9 not in allowed  # never more than the user typed
     assert " " * 3 not in allowed
 
 
 def test_bytes_that_split_a_character_fall_back_to_byte_prefixes() -> None:
-    rest = "é".encode()[1:]  # the second byte of a two-byte character
-    assert all(tok.token_bytes(i).startswith(rest) or rest.startswith(tok.token_bytes(i))
-               for i in allowed_tokens(rest))
+    real = [*range(tok.EOT_ID), *range(tok.N_GPT2, tok.FIM_PREFIX_ID)]
+    # the second byte of a two-byte character, and the last two of a three-byte one
+    for rest in ("é".encode()[1:], "漢".encode()[1:]):
+        covering = {i for i in real if tok.token_bytes(i).startswith(rest)}
+        shorter = {i for i in real if rest.startswith(tok.token_bytes(i)) and len(tok.token_bytes(i)) < len(rest)}
+        (first_byte,) = [i for i in real if tok.token_bytes(i) == rest[:1]]  # every byte is a token
+        assert first_byte in covering | shorter
+        allowed = allowed_tokens(rest)
+        assert len(allowed) == len(set(allowed)) and set(allowed) == covering | shorter
 
 
 def test_constraint_masks_everything_else_and_advances() -> None:

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from codeassist.model.checkpoint import ModelFileError, load_model, model_metadata, save_tensors_atomic
-from codeassist.model.engine import Engine, GenerationRequest, StopRules
+from codeassist.model.engine import Engine, GenerationRequest, GenerationResult, StopRules
 from codeassist.model.gpt import GPT
 from codeassist.model.quantized import Int4Linear, Int8Linear, dequantize_model, is_quantized
 from codeassist.quantization.quantize import Quantized, quantize
@@ -30,9 +30,12 @@ def _quantized(method: str, group_size: int, head: str) -> tuple[GPT, Quantized]
     return model, quantize(model, method, group_size, head, calibration=calib if method == "gptq" else None)
 
 
+def _run(engine: Engine, prompt: tuple[int, ...]) -> GenerationResult:
+    return engine.generate(GenerationRequest(prompt=prompt, stop=StopRules(max_new_tokens=12, stop_on_eos=False)))
+
+
 def _greedy(engine: Engine, prompt: tuple[int, ...]) -> list[int]:
-    req = GenerationRequest(prompt=prompt, stop=StopRules(max_new_tokens=12, stop_on_eos=False))
-    return engine.generate(req).tokens
+    return _run(engine, prompt).tokens
 
 
 @pytest.mark.parametrize(("method", "group_size", "head"), SCHEMES)
@@ -65,11 +68,12 @@ def test_engine_greedy_output_is_stable_across_save_and_load(tmp_path: Path, met
     prompt = tuple(range(1000, 1020))
     before = _greedy(Engine(qz.build(model), torch.device("cpu")), prompt)
     engine = Engine.load(str(path), device="cpu")
-    after = _greedy(engine, prompt)
-    assert before == after and len(after) == 12
+    after = _run(engine, prompt)
+    assert before == after.tokens and len(after.tokens) == 12 and after.reused_tokens == 0
     # the KV cache path (prefix reuse) gives what a fresh prefill gives
-    again = _greedy(engine, prompt)
-    assert again == after
+    again = _run(engine, prompt)
+    assert again.reused_tokens == len(prompt) - 1  # all but the last prompt token, refed for its logits
+    assert again.tokens == after.tokens
 
 
 def test_quantized_file_is_smaller(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 
+from codeassist.model.completion import complete
 from codeassist.remote.client import RemoteClient, RemoteError, RemoteSettings
 from codeassist.remote.settings import ServerSettings
 from tests.remote.conftest import Live, tiny_engine
@@ -17,14 +18,22 @@ from tests.remote.conftest import Live, tiny_engine
 ARGS = {"max_tokens": 6, "temperature": 0.0, "stop": ["\n\n"]}
 
 
+def expected(prefix: str, suffix: str = "") -> str:
+    """What the server's model says, run here alone (batch 1) with the same prompt budget:
+    the context less max_tokens, keeping the text nearest the cursor."""
+    text, _ = complete(tiny_engine(), prefix, suffix, max_new_tokens=6, stop=("\n\n",))
+    assert text  # a non-empty answer to compare with
+    return text
+
+
 async def test_our_dialect_completes_and_fits_an_editor_window_to_the_context(shared_server: Live) -> None:
     client = RemoteClient(RemoteSettings(url=shared_server.url))
     try:
         text = await client.complete("def f(x):\n    return", "\n", **ARGS)  # type: ignore[arg-type]
-        assert isinstance(text, str)
-        # a window bigger than the tiny model's 256-token context still completes
-        big = "x = 1\n" * 300
-        assert isinstance(await client.complete(big, "", **ARGS), str)  # type: ignore[arg-type]
+        assert text == expected("def f(x):\n    return", "\n")
+        # a window bigger than the tiny model's 256-token context still completes, from its end
+        big = "x = 1\n" * 300 + "y = "
+        assert await client.complete(big, "", **ARGS) == expected(big)  # type: ignore[arg-type]
     finally:
         await client.aclose()
 
@@ -33,7 +42,8 @@ async def test_openai_dialect_with_a_v1_base_url_and_errors_in_one_sentence(shar
     client = RemoteClient(RemoteSettings(url=shared_server.url + "/v1/", api="openai", model="tiny"))
     wrong = RemoteClient(RemoteSettings(url=shared_server.url, api="openai", model="gpt-9"))
     try:
-        assert isinstance(await client.complete("import os\n", "", **ARGS), str)  # type: ignore[arg-type]
+        text = await client.complete("import os\nx = ", "", **ARGS)  # type: ignore[arg-type]
+        assert text == expected("import os\nx = ")
         with pytest.raises(RemoteError) as err:
             await wrong.complete("x", "", **ARGS)  # type: ignore[arg-type]
         assert "404" in str(err.value) and "gpt-9" in str(err.value) and "\n" not in str(err.value)
@@ -64,7 +74,7 @@ async def test_the_api_key_is_sent_and_a_refusal_is_explained(serve) -> None:  #
     good = RemoteClient(RemoteSettings(url=live.url, api_key="k-123"))
     bad = RemoteClient(RemoteSettings(url=live.url, api_key="k-999"))
     try:
-        assert isinstance(await good.complete("x", "", **ARGS), str)  # type: ignore[arg-type]
+        assert await good.complete("x", "", **ARGS) == expected("x")  # type: ignore[arg-type]
         with pytest.raises(RemoteError, match="refused the API key"):
             await bad.complete("x", "", **ARGS)  # type: ignore[arg-type]
     finally:

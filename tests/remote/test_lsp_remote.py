@@ -25,6 +25,10 @@ URI = "file:///tmp/remote_e2e.py"
 TEXT = "def area(r):\n    return\n"
 POS = types.Position(line=1, character=10)  # after "    return"
 WORD = " x"
+# Token healing backs the prompt off to before " return" and lets the model spell it out: this
+# model then picks " returns" (it extends the word at the cursor), and " x" after it. Without
+# healing the prompt would end in " return" and the model would say " x x x x".
+HEALED = "s x x x"  # maxTokens 4: " returns" (less the " return" typed) and three " x"
 
 
 class FixedHead(torch.nn.Module):
@@ -43,11 +47,12 @@ class FixedHead(torch.nn.Module):
 
 
 def scripted_engine() -> Engine:
-    """Always " x", except while token healing must first spell out the cursor's " return"."""
+    """Always " x", except while token healing must first spell out the cursor's " return": then
+    " returns", the best of the tokens that begin with it."""
     model = make_tiny()
     (word,) = tok.encode(WORD)
-    (healed,) = tok.encode(" return")
-    model.lm_head = FixedHead({word: 10.0, healed: 5.0}, model.config.vocab_size)
+    (returns,) = tok.encode(" returns")
+    model.lm_head = FixedHead({word: 10.0, returns: 5.0}, model.config.vocab_size)
     return Engine(model, torch.device("cpu"), name="scripted")
 
 
@@ -94,7 +99,7 @@ async def test_the_language_server_completes_through_a_live_team_server(serve, l
     live: Live = serve(load=scripted_engine)
     client = await lsp({"url": live.url, "api": "codeassist", "timeoutMs": 10000})
     texts = await inline(client)
-    assert texts and texts[0].startswith(WORD), (texts, (await status(client))["lastReason"])
+    assert texts == [HEALED], (texts, (await status(client))["lastReason"])
     st = await status(client)
     assert st["backend"] == "remote" and not st["lastReason"]
     assert await asyncio.to_thread(live.metric, "codeassist_generated_tokens_total") >= 1
@@ -104,7 +109,7 @@ async def test_the_openai_dialect_reaches_the_same_server(serve, lsp) -> None:  
     live: Live = serve(load=scripted_engine)
     client = await lsp({"url": live.url + "/v1", "api": "openai", "model": "scripted", "timeoutMs": 10000})
     texts = await inline(client)
-    assert texts and texts[0].startswith(WORD)
+    assert texts == [HEALED]
 
 
 async def test_against_a_dead_server_it_answers_within_the_timeout_with_a_reason(lsp) -> None:  # type: ignore[no-untyped-def]

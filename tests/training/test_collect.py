@@ -19,7 +19,7 @@ from codeassist.training.collect import (
     content_rule,
     format_report,
 )
-from codeassist.training.dedup import deduplicate
+from codeassist.training.dedup import DedupResult, deduplicate
 
 from .fixtures import code_file, git, init_repo, write
 
@@ -167,6 +167,12 @@ def test_collect_and_dedup_are_deterministic(tmp_path: Path) -> None:
     first = collect([src], workers=2)
     second = collect([src], workers=1)
     assert [(f.path, f.text) for f in first.files] == [(f.path, f.text) for f in second.files]
+    # what the files were made to be: m00-m04 distinct, m05-m11 exact copies of them, and every
+    # n a near copy of m00-m03 (only its docstring differs)
+    assert names(first) == [f"src/m{i:02d}.py" for i in range(5)]
+    assert first.report.dropped["exact duplicate"] == 7 and first.report.dropped["near duplicate"] == 12
     texts = [f.text for f in first.files]
-    assert deduplicate(texts) == deduplicate(texts)
     assert deduplicate(texts).keep == tuple(range(len(texts)))  # nothing left to remove
+    raw = [(src / f"{c}{i:02d}.py").read_text() for c in "mn" for i in range(12)]
+    assert deduplicate(raw) == DedupResult(keep=(0, 1, 2, 3, 4), exact=tuple(range(5, 12)),
+                                           near=tuple(range(12, 24)))
