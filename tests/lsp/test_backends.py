@@ -3,8 +3,10 @@ import json
 import threading
 from pathlib import Path
 
+import httpx
 import pytest
 
+import codeassist.remote.client  # noqa: F401  (RemoteBackend imports it lazily; broken, it fails here)
 from codeassist.lsp.backends import CompletionRequest, LocalBackend, RemoteBackend, strip_forced
 from codeassist.lsp.context import build_context
 from codeassist.lsp.prompt import build_prompt
@@ -84,9 +86,6 @@ async def test_missing_model_says_why_in_one_sentence(tmp_path: Path) -> None:
 
 
 async def test_remote_backend_delegates_to_the_client() -> None:
-    pytest.importorskip("codeassist.remote.client")
-    import httpx
-
     seen = []
 
     def handler(r: httpx.Request) -> httpx.Response:

@@ -125,12 +125,16 @@ def test_embedding_rows_are_the_dequantized_table() -> None:
         torch.testing.assert_close(rows, emb.dequantize()[idx])
 
 
+@pytest.mark.gpu
 def test_int8_triton_kernel_in_the_interpreter() -> None:
     """The CUDA kernel, run by Triton's CPU interpreter (only where Triton is installed).
 
+    A GPU check: Triton comes with the CUDA builds of torch, not with the CPU wheel that
+    `make test` installs, so it runs on a machine with a GPU (`pytest -m gpu`).
     A subprocess: Triton reads TRITON_INTERPRET when it is imported.
     """
-    pytest.importorskip("triton")
+    pytest.importorskip("triton", reason="GPU check: Triton comes with CUDA builds of torch; run it on a "
+                                         "machine with a GPU (pytest -m gpu)")
     script = textwrap.dedent("""
         import torch
         from torch.nn import functional as F

@@ -24,10 +24,12 @@ def test_root_health_and_ready(shared_server: Live) -> None:
         assert c.get("/ready").status_code == 200
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 def test_the_seeds_curl_example(shared_server: Live) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.fail("curl is not installed (Debian: apt-get install curl; `make test-deps` does it)")
     out = subprocess.run(
-        ["curl", "-s", "-X", "POST", f"{shared_server.url}/complete", "-H", "Content-Type: application/json",
+        [curl, "-s", "-X", "POST", f"{shared_server.url}/complete", "-H", "Content-Type: application/json",
          "-d", '{"code": "def fibonacci(n):", "max_tokens": 50}'],
         capture_output=True, text=True, timeout=60, check=True).stdout
     body = json.loads(out)
