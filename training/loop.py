@@ -3,7 +3,8 @@
 AdamW with decoupled weight decay on matrices only, linear warmup then cosine decay,
 gradient accumulation, gradient clipping, bf16 autocast on CPU and CUDA when asked,
 periodic evaluation on held-out files, and atomic checkpoints. Batch k is drawn from a
-generator seeded by (seed, k), so the data position after a resume is exact by construction.
+generator seeded by (seed, k), so the data position after a resume is exact by construction;
+with dropout, each micro-batch's masks are seeded the same way, so they are too.
 """
 
 from __future__ import annotations
@@ -81,6 +82,13 @@ def get_batch(data: np.ndarray, batch_size: int, seq_len: int, gen: torch.Genera
 
 def batch_generator(seed: int, step: int, micro: int, rank: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 64 + micro) * 1024 + rank)
+
+
+def dropout_seed(seed: int, step: int, micro: int) -> int:
+    """The seed of micro-batch `micro`'s dropout masks at `step`: fixed by the run's seed, so a run
+    is reproducible and a resumed run (in a new process, whose generator starts anywhere) draws the
+    masks the uninterrupted one drew. Distinct from the batch generators' seeds (they end in a rank)."""
+    return ((seed * 1_000_003 + step) * 64 + micro) * 1024 + 1023
 
 
 def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -175,6 +183,8 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
         for micro in range(local_accum):
             g = dist.rank * local_accum + micro  # global micro-batch index: rank-count independent
             x, y = get_batch(train_data, cfg.batch_size, cfg.seq_len, batch_generator(cfg.seed, it, g))
+            if model.config.dropout > 0:
+                torch.manual_seed(dropout_seed(cfg.seed, it, g))
             sync = micro == local_accum - 1 or not dist.is_distributed
             ctx = contextlib.nullcontext() if sync else module.no_sync()  # type: ignore[operator]
             with ctx:
