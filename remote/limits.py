@@ -110,7 +110,15 @@ class _BodyTooLarge(HTTPException):
 
 
 class BodyLimit:
-    """413 for a body over the cap: from Content-Length before reading, else while it streams in."""
+    """413 for a body over the cap: from Content-Length before reading, else while it streams in.
+
+    Before answering, what the client is still sending is read and dropped, up to `drain_bytes`
+    (nginx's lingering close): a server that closes with the body unread makes the kernel reset
+    the connection, and a client still writing (Python's urllib) sees that reset, not the 413.
+    A client that asked `Expect: 100-continue` has sent nothing yet and is answered at once.
+    """
+
+    drain_bytes = 64 << 20
 
     def __init__(self, app: ASGIApp, max_bytes: int, on_reject: Rejector = _ignore) -> None:
         self.app = app
@@ -129,32 +137,56 @@ class BodyLimit:
                 await _send_error(send, 400, "the Content-Length header is not a number")
                 return
             if too_big:
+                await self._drain(scope, receive, 0)
                 await self._refuse(send)
                 return
         seen = 0
         started = False
+        over = False  # the cap was crossed; the rest of the body is still on its way
+        done = False
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, over, done
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                done = not message.get("more_body", False)
                 if seen > self.max_bytes:
+                    over = True
                     raise _BodyTooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+            nonlocal started, done
+            if message["type"] == "http.response.start":
+                started = True
+                if over and not done:  # the app's error handler answers the 413: drain first
+                    done = True
+                    await self._drain(scope, receive, seen)
             await send(message)
 
         try:
             await self.app(scope, counting_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
+                if not done:
+                    await self._drain(scope, receive, seen)
                 await self._refuse(send)
             else:
                 self.on_reject("body_too_large")
+
+    async def _drain(self, scope: Scope, receive: Receive, seen: int) -> int:
+        """Read and drop the rest of the body, up to drain_bytes in all; returns the bytes read."""
+        if dict(scope["headers"]).get(b"expect", b"").lower() == b"100-continue":
+            return seen
+        while seen <= self.drain_bytes:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client went away
+            seen += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        return seen
 
     async def _refuse(self, send: Send) -> None:
         self.on_reject("body_too_large")
