@@ -103,8 +103,10 @@ def _warm_up() -> None:
 
 def create_app(settings: ServerSettings, load_engine: Callable[[], Engine] | None = None) -> FastAPI:
     metrics = ServerMetrics()
-    state = ServerState(settings, metrics, Scheduler(metrics, settings.max_batch, settings.max_queue,
-                                                     settings.max_prefill_tokens))
+    scheduler = Scheduler(metrics, settings.max_batch, settings.max_queue, settings.max_prefill_tokens,
+                          prefix_cache_bytes=settings.prefix_cache_mb << 20,
+                          prefill_chunk=settings.prefill_chunk_tokens)
+    state = ServerState(settings, metrics, scheduler)
     loader = load_engine or _default_loader(settings)
 
     @asynccontextmanager

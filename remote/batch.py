@@ -7,7 +7,10 @@ kept compact in rows 0..n-1:
 - a decode step runs the n active rows at once, each at its own position (per-row input_pos);
 - a new sequence is prefilled into row n through a cache whose buffers are *views* of rows
   n..n+m-1 of the big cache, so the model needs no change to write rows other than 0;
-- when row i leaves, the last active row's keys and values are copied into row i.
+- when row i leaves, the last active row's keys and values are copied into row i;
+- one prompt at a time may be prefilled piecewise (`start_row`, `extend`, `commit`): a cached
+  prefix copied in, then chunks between decode steps. That pending row sits just past the
+  active ones, so decode steps (rows 0..n-1) leave it alone, and it moves down with them.
 
 Slots past a row's length hold stale values; the attention mask hides them until the row's
 own decode steps overwrite them (the same argument as Engine.generate_batch).
@@ -53,6 +56,7 @@ class BatchState:
             assert block.attn.kv_cache is not None
             self.caches.append(block.attn.kv_cache)
         self.rows: list[RowState] = []  # row i of the cache belongs to rows[i]
+        self.pending: RowState | None = None  # the row being prefilled piecewise, at index `active`
 
     @property
     def active(self) -> int:
@@ -60,7 +64,7 @@ class BatchState:
 
     @property
     def free(self) -> int:
-        return self.max_batch - len(self.rows)
+        return self.max_batch - len(self.rows) - (self.pending is not None)
 
     def _install(self, caches: list[KVCache]) -> None:
         for block, cache in zip(self.model.transformer.blocks(), caches, strict=True):
@@ -69,6 +73,8 @@ class BatchState:
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
         """Add prompts as new rows n..n+m-1; returns the logits after each prompt, (m, vocab)."""
         m = len(prompts)
+        if self.pending is not None:
+            raise ValueError("a row is being prefilled piecewise")
         if m == 0 or m > self.free:
             raise ValueError(f"cannot prefill {m} prompts into {self.free} free rows")
         start = self.active
@@ -119,8 +125,62 @@ class BatchState:
             self.rows[row] = self.rows[last]
             moved = last
         self.rows.pop()
+        if self.pending is not None:  # keep it just past the active rows
+            self._copy(last + 1, last, self.pending.pos)
         return moved
+
+    def _copy(self, src: int, dst: int, length: int) -> None:
+        for c in self.caches:
+            c.k[dst, :, :length] = c.k[src, :, :length]
+            c.v[dst, :, :length] = c.v[src, :, :length]
+
+    # -- piecewise prefill of one row ------------------------------------------------------------
+
+    def snapshot(self, row: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of a row's first `length` keys and values, (n_layer, n_head, length, head_dim)."""
+        k = torch.stack([c.k[row, :, :length] for c in self.caches])
+        v = torch.stack([c.v[row, :, :length] for c in self.caches])
+        return k, v
+
+    def start_row(self, prefix: tuple[torch.Tensor, torch.Tensor] | None = None, length: int = 0) -> int:
+        """Claim the next row for a piecewise prefill, its first `length` slots copied from `prefix`
+        (a snapshot); returns the row's index."""
+        if self.pending is not None or self.free == 0:
+            raise ValueError("no row for a piecewise prefill")
+        row = self.active
+        if prefix is not None and length:
+            k, v = prefix
+            for i, c in enumerate(self.caches):
+                c.k[row, :, :length] = k[i, :, :length]
+                c.v[row, :, :length] = v[i, :, :length]
+        self.pending = RowState(pos=length, token=-1)
+        return row
+
+    def extend(self, tokens: list[int]) -> torch.Tensor:
+        """Run `tokens` on the pending row from its position on; the logits after the last, (vocab,)."""
+        p = self.pending
+        if p is None or not tokens or p.pos + len(tokens) > self.block_size:
+            raise ValueError("no pending row, no tokens, or past the context")
+        T = len(tokens)
+        self._install([_RowView(c, self.active, 1) for c in self.caches])
+        try:
+            x = torch.tensor([tokens], device=self.device)  # (1, T)
+            pos = torch.arange(p.pos, p.pos + T, device=self.device).unsqueeze(0)  # (1, T)
+            logits = self.model.last_token_logits(x, pos, p.pos + T, [T]).float()[0]  # (vocab,)
+        finally:
+            self._install(self.caches)
+        p.pos += T
+        return logits
+
+    def commit(self) -> int:
+        """The pending row joins the active ones (its token is set after sampling); its index."""
+        if self.pending is None:
+            raise ValueError("no pending row")
+        self.rows.append(self.pending)
+        self.pending = None
+        return self.active - 1
 
     def close(self) -> None:
         self.model.drop_kv_cache()
         self.rows = []
+        self.pending = None

@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="serve a non-loopback address without API keys (a proxy authenticates)")
     parser.add_argument("--max-batch", type=int, default=16, help="rows of the running batch")
     parser.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
+    parser.add_argument("--prefix-cache-mb", type=int, default=256,
+                        help="memory for prompt prefixes reused across requests, LRU (default 256; 0: off)")
+    parser.add_argument("--prefill-chunk", type=int, default=256,
+                        help="prefill long prompts this many tokens at a time between decode steps")
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body cap (413 above)")
     parser.add_argument("--max-tokens-limit", type=int, default=512, help="the most new tokens per request")
     parser.add_argument("--request-timeout", type=float, default=30.0, help="seconds per request, queue included")
@@ -45,7 +49,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     keys = read_api_keys(args.api_key_file) if args.api_key_file else ()
     return ServerSettings(host=args.host, port=args.port, model=args.model, device=args.device, api_keys=keys,
                           allow_no_auth_public=args.allow_no_auth, max_batch=args.max_batch,
-                          max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
+                          max_queue=args.max_queue, prefix_cache_mb=args.prefix_cache_mb,
+                          prefill_chunk_tokens=args.prefill_chunk, max_body_bytes=args.max_body_bytes,
                           max_tokens_limit=args.max_tokens_limit, request_timeout_s=args.request_timeout,
                           drain_timeout_s=args.drain_timeout, cors_origins=tuple(args.cors_origin),
                           cors_credentials=args.cors_credentials, served_name=args.served_name)

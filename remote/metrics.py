@@ -35,6 +35,18 @@ class ServerMetrics:
         self.batch_steps = Counter("codeassist_batch_steps_total", "Decode steps of the running batch.",
                                    registry=r)
 
+        self.prefill_chunks = Counter("codeassist_prefill_chunks_total",
+                                      "Piecewise prefill steps (cache hits and long prompts).", registry=r)
+        self.cache_lookups = Counter("codeassist_prefix_cache_lookups_total",
+                                     "Prompts looked up in the prefix cache.", registry=r)
+        self.cache_hits = Counter("codeassist_prefix_cache_hits_total",
+                                  "Prompts that reused a cached prefix (hit rate: hits / lookups).", registry=r)
+        self.cache_reused_tokens = Counter("codeassist_prefix_cache_reused_tokens_total",
+                                           "Prompt tokens taken from the prefix cache, not prefilled.", registry=r)
+        self.cache_evictions = Counter("codeassist_prefix_cache_evictions_total",
+                                       "Entries evicted from the prefix cache for room.", registry=r)
+        self.cache_bytes = Gauge("codeassist_prefix_cache_bytes", "Bytes held by the prefix cache.", registry=r)
+
     def reject(self, reason: str) -> None:
         self.rejected.labels(reason=reason).inc()
 

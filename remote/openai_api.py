@@ -23,6 +23,7 @@ from codeassist.remote.schema import (
     FinishReason,
     ModelCard,
     ModelList,
+    PromptTokensDetails,
     Usage,
 )
 
@@ -86,13 +87,15 @@ async def completions(body: CompletionRequest, request: Request) -> Response | C
             choices = await collect(handle, ask.n, limit + 5.0)
         prompt_tokens = len(jobs[0].prompt)
         completion_tokens = sum(c.finished.completion_tokens for c in choices if c.finished)
+        cached = max((c.finished.cached_tokens for c in choices if c.finished), default=0)
         return CompletionResponse(
             id=cid, created=created, model=state.model_name,
             choices=[CompletionChoice(text=c.text, index=i,
                                       finish_reason=c.finished.finish_reason if c.finished else "length")
                      for i, c in enumerate(choices)],
             usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                        total_tokens=prompt_tokens + completion_tokens))
+                        total_tokens=prompt_tokens + completion_tokens,
+                        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached)))
     # the first event decides the status: an error before any token is a plain error response
     async with cancel_on_disconnect(request, handle):
         first = await _first_event(handle, limit + 5.0)
@@ -125,6 +128,7 @@ async def _sse(handle: Handle, first: tuple[int, Event], n: int, cid: str, creat
 
     pending = n
     generated = 0
+    cached = 0
     event: tuple[int, Event] | None = first
     try:
         with anyio.fail_after(timeout_s):
@@ -136,13 +140,15 @@ async def _sse(handle: Handle, first: tuple[int, Event], n: int, cid: str, creat
                 elif isinstance(ev, Finished):
                     pending -= 1
                     generated += ev.completion_tokens
+                    cached = max(cached, ev.cached_tokens)
                     yield chunk(index, "", ev.finish_reason)
                 elif isinstance(ev, Failed):
                     yield b"data: " + error_body(ev.status, ev.message) + b"\n\n"
                     return
         if include_usage:
             usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=generated,
-                          total_tokens=prompt_tokens + generated)
+                          total_tokens=prompt_tokens + generated,
+                          prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
             yield b"data: " + json.dumps({"id": cid, "object": "text_completion", "created": created,
                                           "model": model, "choices": [],
                                           "usage": usage.model_dump()}).encode() + b"\n\n"

@@ -6,6 +6,13 @@ token, (3) runs one decode step for every running sequence, and (4) frees the ro
 sequences that finished or were cancelled. So new prompts are prefilled between decode steps
 of the others, and a client that goes away frees its row within one step.
 
+Prefill reuses the prefix cache (remote/prefix_cache.py): a prompt that shares a prefix with a
+recent one starts from its keys and values, and every finished (or cancelled) sequence leaves
+its prompt's there. A prompt with a cache hit, or longer than `prefill_chunk` tokens, is
+prefilled alone in chunks of `prefill_chunk`, one chunk per turn between decode steps, so the
+running sequences keep streaming while a long prompt is admitted; cold short prompts are still
+prefilled together in one padded batch.
+
 The event loop talks to the worker through `submit` (non-blocking; a full queue raises
 QueueFull) and the `Stream` it returns (events pushed with call_soon_threadsafe).
 """
@@ -14,125 +21,47 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 
 import torch
 
 from codeassist.model import tokenizer as tok
-from codeassist.model.healing import PrefixConstraint
-from codeassist.model.sampling import SamplingParams, sample_next
+from codeassist.model.sampling import sample_next
 from codeassist.remote.batch import BatchState
+from codeassist.remote.events import (
+    Delta,
+    Event,
+    Failed,
+    Finished,
+    Handle,
+    Job,
+    NotAccepting,
+    QueueFull,
+    SeqState,
+)
 from codeassist.remote.metrics import ServerMetrics
-from codeassist.remote.schema import FinishReason
-from codeassist.remote.textstream import TextStream
+from codeassist.remote.prefix_cache import CachedPrefix, PrefixCache
+
+__all__ = ["Delta", "Event", "Failed", "Finished", "Handle", "Job", "NotAccepting", "QueueFull", "Scheduler"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Job:
-    prompt: tuple[int, ...]
-    max_new_tokens: int
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    forced_prefix: bytes = b""  # token healing: output must start with these bytes (hidden)
-    stop: tuple[str, ...] = ()
-    stop_on_eos: bool = True
-    seed: int | None = None
-    deadline: float | None = None  # time.monotonic() by which the sequence must end
-
-
-@dataclass(frozen=True)
-class Delta:
-    text: str
-
-
-@dataclass(frozen=True)
-class Finished:
-    reason: str  # eos | stop | max_tokens | time | context | cancelled
-    prompt_tokens: int
-    completion_tokens: int
-
-    @property
-    def finish_reason(self) -> FinishReason:
-        """OpenAI's vocabulary: "stop" when the model or a stop string ended it, else "length"."""
-        return "stop" if self.reason in ("eos", "stop") else "length"
-
-
-@dataclass(frozen=True)
-class Failed:
-    status: int
-    message: str
-
-
-Event = Delta | Finished | Failed
-
-
-class QueueFull(Exception):
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__("the server is busy; retry later")
-        self.retry_after_s = retry_after_s
-
-
-class NotAccepting(Exception):
-    """The scheduler is loading, draining or stopped."""
-
-
-class Handle:
-    """The caller's end of one request's sequences: (index, event) pairs; cancel() frees their rows
-    within one step."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, wake: threading.Condition) -> None:
-        self._loop = loop
-        self._events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
-        self._wake = wake
-        self.cancelled = threading.Event()
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-        with self._wake:
-            self._wake.notify()
-
-    def _put(self, index: int, event: Event) -> None:  # from the worker thread
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
-            self._loop.call_soon_threadsafe(self._events.put_nowait, (index, event))
-
-    async def next(self) -> tuple[int, Event]:
-        return await self._events.get()
-
-
-class _Seq:
-    """Worker-side state of one sequence."""
-
-    def __init__(self, job: Job, handle: Handle, index: int, device: torch.device) -> None:
-        self.job = job
-        self.handle = handle
-        self.index = index
-        self.text = TextStream(job.forced_prefix, job.stop)
-        self.constraint = PrefixConstraint(job.forced_prefix) if job.forced_prefix else None
-        self.gen = torch.Generator(device=device).manual_seed(job.seed) if job.seed is not None else None
-        self.generated = 0
-        self.reason: str | None = None
-        self.t_submit = time.monotonic()
-        self.t_first: float | None = None
-
-    def expired(self, now: float) -> bool:
-        return self.job.deadline is not None and now >= self.job.deadline
-
-
 class Scheduler:
     def __init__(self, metrics: ServerMetrics, max_batch: int = 16, max_queue: int = 64,
-                 max_prefill_tokens: int = 2048) -> None:
+                 max_prefill_tokens: int = 2048, prefix_cache_bytes: int = 0, prefill_chunk: int = 256) -> None:
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.max_prefill_tokens = max_prefill_tokens
+        self.prefill_chunk = prefill_chunk
+        self.cache = PrefixCache(prefix_cache_bytes)
+        self._pending: SeqState | None = None  # the sequence being prefilled piecewise
         self._cond = threading.Condition()
-        self._waiting: collections.deque[_Seq] = collections.deque()
-        self._running: list[_Seq] = []  # aligned with the batch's rows
+        self._waiting: collections.deque[SeqState] = collections.deque()
+        self._running: list[SeqState] = []  # aligned with the batch's rows
         self._batch: BatchState | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -162,7 +91,7 @@ class Scheduler:
             if len(self._waiting) + len(jobs) > self.max_queue:
                 raise QueueFull(self.retry_after_s())
             handle = Handle(loop, self._cond)
-            self._waiting.extend(_Seq(j, handle, i, self._device) for i, j in enumerate(jobs))
+            self._waiting.extend(SeqState(j, handle, i, self._device) for i, j in enumerate(jobs))
             self._live += len(jobs)
             self.metrics.queued.set(len(self._waiting))
             self._cond.notify()
@@ -199,7 +128,7 @@ class Scheduler:
         with torch.inference_mode():
             while True:
                 with self._cond:
-                    while not self._stopping and not self._waiting and not self._running:
+                    while not (self._stopping or self._waiting or self._running or self._pending):
                         self._cond.wait()
                     if self._stopping:
                         break
@@ -213,7 +142,7 @@ class Scheduler:
         if self._batch is not None:
             self._batch.close()
 
-    def _admit(self) -> list[_Seq]:
+    def _admit(self) -> list[SeqState]:
         """Under the lock: drop dead waiting sequences, take what fits the free rows."""
         assert self._batch is not None
         now = time.monotonic()
@@ -225,7 +154,9 @@ class Scheduler:
                 self.metrics.reject("queue_timeout")
                 s.handle._put(s.index, Failed(503, "the request waited in the queue past its time limit"))
                 self._live -= 1  # (the lock is held here)
-        admitted: list[_Seq] = []
+        admitted: list[SeqState] = []
+        if self._pending is not None:  # its row must be the last one: nothing joins until it has
+            return admitted
         longest = 0
         while self._waiting and len(admitted) < self._batch.free:
             nxt = len(self._waiting[0].job.prompt)
@@ -236,22 +167,87 @@ class Scheduler:
         self.metrics.queued.set(len(self._waiting))
         return admitted
 
-    def _turn(self, admitted: list[_Seq]) -> None:
+    def _turn(self, admitted: list[SeqState]) -> None:
         batch = self._batch
         assert batch is not None
-        if admitted:
-            logits = batch.prefill([list(s.job.prompt) for s in admitted])
-            self._running.extend(admitted)
-            first = len(self._running) - len(admitted)
-            self.metrics.tokens_in.inc(sum(len(s.job.prompt) for s in admitted))
-            self._sample(logits, first)
-            self._sweep()
+        if self._pending is not None:
+            self._prefill_chunk()
+        elif admitted:
+            self._prefill(admitted)
         if self._running:
             logits = batch.decode()
             self.metrics.batch_steps.inc()
             self._sample(logits, 0)
             self._sweep()
         self.metrics.running.set(len(self._running))
+
+    def _prefill(self, admitted: list[SeqState]) -> None:
+        """Cold short prompts in one padded batch; then the others one by one from their cached
+        prefix, until one of them needs more than a chunk (it stays pending; the rest wait)."""
+        assert self._batch is not None
+        plans = [(s, *self._lookup(s.job.prompt)) for s in admitted]
+        cold = [s for s, _, n in plans if n == 0 and len(s.job.prompt) <= self.prefill_chunk]
+        if cold:
+            logits = self._batch.prefill([list(s.job.prompt) for s in cold])
+            self._running.extend(cold)
+            self.metrics.tokens_in.inc(sum(len(s.job.prompt) for s in cold))
+            self._count_lookups(len(cold), 0)
+            self._sample(logits, len(self._running) - len(cold))
+            self._sweep()
+        rest = [(s, entry, n) for s, entry, n in plans if s not in cold]
+        for i, (seq, entry, n) in enumerate(rest):
+            if self._pending is not None:
+                with self._cond:  # back to the head of the queue, in order
+                    self._waiting.extendleft(s for s, _, _ in reversed(rest[i:]))
+                    self.metrics.queued.set(len(self._waiting))
+                return
+            self._count_lookups(1, n)
+            self._batch.start_row((entry.k, entry.v) if entry is not None else None, n)
+            seq.cached = seq.fed = n
+            self._pending = seq
+            self._prefill_chunk()
+
+    def _lookup(self, prompt: tuple[int, ...]) -> tuple[CachedPrefix | None, int]:
+        return self.cache.lookup(prompt) if self.cache.enabled else (None, 0)
+
+    def _count_lookups(self, lookups: int, reused: int) -> None:
+        if self.cache.enabled:
+            self.metrics.cache_lookups.inc(lookups)
+            if reused:
+                self.metrics.cache_hits.inc()
+                self.metrics.cache_reused_tokens.inc(reused)
+
+    def _prefill_chunk(self) -> None:
+        """The pending sequence's next chunk; with its last, it joins the running batch."""
+        seq, batch = self._pending, self._batch
+        assert seq is not None and batch is not None
+        if seq.handle.cancelled.is_set() or seq.expired(time.monotonic()):
+            self._remember(batch.active, seq.job.prompt[:seq.fed])  # a later keystroke may reuse it
+            batch.pending = self._pending = None
+            self._finish(seq, "cancelled" if seq.handle.cancelled.is_set() else "time")
+            return
+        prompt = seq.job.prompt
+        end = min(len(prompt), seq.fed + self.prefill_chunk)
+        logits = batch.extend(list(prompt[seq.fed:end]))
+        self.metrics.tokens_in.inc(end - seq.fed)
+        self.metrics.prefill_chunks.inc()
+        seq.fed = end
+        if end == len(prompt):
+            batch.commit()
+            self._pending = None
+            self._running.append(seq)
+            self._sample(logits.unsqueeze(0), len(self._running) - 1)
+            self._sweep()
+
+    def _remember(self, row: int, tokens: tuple[int, ...]) -> None:
+        """Keep the first len(tokens) keys and values of `row` in the prefix cache."""
+        assert self._batch is not None
+        if not self.cache.enabled or len(tokens) < self.cache.min_tokens or self.cache.holds(tokens):
+            return
+        evicted = self.cache.evictions
+        self.cache.insert(tokens, *self._batch.snapshot(row, len(tokens)))
+        self.metrics.cache_evictions.inc(self.cache.evictions - evicted)
+        self.metrics.cache_bytes.set(self.cache.nbytes)
 
     def _sample(self, logits: torch.Tensor, first: int) -> None:
         """Choose the next token of rows first.. from their logits (one row each), apply stop rules."""
@@ -278,7 +274,7 @@ class Scheduler:
             self._accept(seq, token, self._batch.rows[first + i].pos, now)
             self._batch.rows[first + i].token = token
 
-    def _accept(self, seq: _Seq, token: int, pos: int, now: float) -> None:
+    def _accept(self, seq: SeqState, token: int, pos: int, now: float) -> None:
         if tok.is_special(token):
             seq.reason = "eos"
             return
@@ -304,13 +300,14 @@ class Scheduler:
                 seq.reason = "cancelled"
             if seq.reason is None:
                 continue
+            self._remember(row, seq.job.prompt)
             moved = self._batch.remove(row)
             if moved is not None:
                 self._running[row] = self._running[moved]
             self._running.pop()
             self._finish(seq, seq.reason)
 
-    def _finish(self, seq: _Seq, reason: str) -> None:
+    def _finish(self, seq: SeqState, reason: str) -> None:
         now = time.monotonic()
         if reason != "cancelled":
             tail = seq.text.finish()
@@ -321,20 +318,24 @@ class Scheduler:
         self.metrics.e2e.observe(now - seq.t_submit)
         if seq.t_first is not None and seq.generated > 1:
             self.metrics.per_token.observe((now - seq.t_first) / (seq.generated - 1))
-        seq.handle._put(seq.index, Finished(reason, len(seq.job.prompt), seq.generated))
+        seq.handle._put(seq.index, Finished(reason, len(seq.job.prompt), seq.generated, seq.cached))
         self._answered()
 
-    def _fail_all(self, admitted: list[_Seq]) -> None:
+    def _fail_all(self, admitted: list[SeqState]) -> None:
         """After a model error (or at stop): every held sequence gets a generic error; rows reset."""
         with self._cond:
             doomed = list(self._running)
             doomed += [s for s in admitted if s not in doomed]
+            if self._pending is not None and self._pending not in doomed:
+                doomed.append(self._pending)
             if self._stopping:
                 doomed += list(self._waiting)
                 self._waiting.clear()
         self._running = []
+        self._pending = None
         if self._batch is not None:
             self._batch.rows = []
+            self._batch.pending = None
         for s in doomed:
             self.metrics.finished.labels(reason="error").inc()
             s.handle._put(s.index, Failed(500, "the model failed on this request"))

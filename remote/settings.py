@@ -24,6 +24,9 @@ class ServerSettings:
     max_batch: int = 16  # rows of the running batch
     max_queue: int = 64  # sequences waiting for a row; beyond this, 429
     max_prefill_tokens: int = 2048  # padded prompt tokens prefilled between two decode steps
+    prefill_chunk_tokens: int = 256  # a longer prompt (or a cache hit) is prefilled in chunks of this
+    prefix_cache_mb: int = 256  # prompt keys and values kept across requests (0: off); ~10 MB per
+    # 800-token prompt of the default model, so about 25 typing users
     request_timeout_s: float = 30.0  # from arrival to the last token, queue wait included
     max_tokens_limit: int = 512  # the most new tokens one request may ask for
     max_n: int = 4  # the most choices (`n`) one OpenAI request may ask for
@@ -57,10 +60,13 @@ def check_settings(s: ServerSettings) -> None:
         raise SettingsError(f"port must be between 0 and 65535, got {s.port}")
     positives = {"max_body_bytes": s.max_body_bytes, "max_batch": s.max_batch,
                  "max_queue": s.max_queue, "max_prefill_tokens": s.max_prefill_tokens,
+                 "prefill_chunk_tokens": s.prefill_chunk_tokens,
                  "max_tokens_limit": s.max_tokens_limit, "max_n": s.max_n}
     for name, value in positives.items():
         if value <= 0:
             raise SettingsError(f"{name} must be positive, got {value}")
+    if s.prefix_cache_mb < 0:
+        raise SettingsError(f"prefix_cache_mb must be 0 (off) or positive, got {s.prefix_cache_mb}")
     if s.request_timeout_s <= 0 or s.drain_timeout_s < 0:
         raise SettingsError("request_timeout_s must be positive and drain_timeout_s not negative")
     if any(not k or any(c.isspace() for c in k) for k in s.api_keys):
