@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_serve.py [--model PATH] [--clients 16] [--requests 4]
     BENCH_DEVICE=cuda .venv/bin/python benchmarks/bench_serve.py --preset gpt2 --levels 1,16,64
     BENCH_THREADS=1 ...   (the server's --threads; 1 on a CPU shared with other work)
+    .venv/bin/python benchmarks/bench_serve.py --workload typing --users 1,2,4 [--seconds 15]
 
 Starts `codeassist serve` twice on loopback (--max-batch 16, then --max-batch 1), and drives
 each with N concurrent clients sending completion-shaped requests: a window of about 300
@@ -10,6 +11,13 @@ tokens of real Python source, 32 new tokens (ignore_eos, so every request does t
 Prints throughput, the ratio, and p50/p99 latency. Then offers twice the load the batching
 server admits (2 x (max batch + queue) clients) and counts the answers: only 429s with a
 Retry-After are expected besides 200s, never an error.
+
+`--workload typing` is editor traffic instead: N simulated users, each typing through a real
+source file a keystroke every 150 ms; each keystroke sends the window an editor would (~700
+tokens before the cursor, its start fixed while the user types) and cancels that user's previous
+request if it is still running. Per-keystroke latency p50/p95 (of the requests that were not
+superseded), with the prefix cache on and off, in the same run, and the most users each holds
+at p95 <= 300 ms.
 
 The model's weights do not matter for throughput: by default a random model of the embedded
 default model's shape (model/config.py preset "default") is saved to a temporary folder.
@@ -58,13 +66,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, model: Path, max_batch: int, max_queue: int) -> None:
+    def __init__(self, model: Path, max_batch: int, max_queue: int, extra: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "codeassist.cli", "serve", "--model", str(model), "--port", str(self.port),
                "--max-batch", str(max_batch), "--max-queue", str(max_queue), "--request-timeout", "3600",
                "--log-level", "error", "--device", os.environ.get("BENCH_DEVICE", "auto"),
-               "--threads", os.environ.get("BENCH_THREADS", "0")]
+               "--threads", os.environ.get("BENCH_THREADS", "0"), *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
 
     def wait_ready(self) -> None:
@@ -189,6 +197,87 @@ def run_levels(model: Path, levels: list[int], requests: int) -> None:
         server.stop()
 
 
+KEYSTROKE_S = 0.150
+WINDOW_TOKENS = 700
+TYPED_TOKENS = 16
+
+
+def typing_scripts(users: int, seed: int = 2) -> list[tuple[str, str]]:
+    """For each user: the window before the cursor when typing starts, and the text typed after."""
+    from codeassist.model import tokenizer as tok
+
+    rng = random.Random(seed)
+    files = sorted(Path(os.__file__).parent.glob("*.py"))
+    out: list[tuple[str, str]] = []
+    while len(out) < users:
+        ids = tok.encode(rng.choice(files).read_text(errors="replace"))
+        if len(ids) < WINDOW_TOKENS + 400:
+            continue
+        cut = rng.randrange(WINDOW_TOKENS, len(ids) - 300)
+        out.append((tok.decode(ids[cut - WINDOW_TOKENS:cut]), tok.decode(ids[cut:cut + 300])))
+    return out
+
+
+async def typist(http: httpx.AsyncClient, window: str, typed: str, seconds: float, tally: Tally,
+                 cached: list[int]) -> None:
+    """One user: a keystroke every 150 ms, each a request that supersedes the previous one."""
+
+    async def keystroke(prompt: str) -> None:
+        body = {"prompt": prompt, "max_tokens": TYPED_TOKENS, "temperature": 0, "ignore_eos": True}
+        t0 = time.perf_counter()
+        r = await http.post("/v1/completions", json=body)
+        if r.status_code != 200:
+            tally.errors.append(f"HTTP {r.status_code}")
+            return
+        tally.latencies.append(time.perf_counter() - t0)
+        cached.append(r.json()["usage"].get("prompt_tokens_details", {}).get("cached_tokens", 0))
+
+    task: asyncio.Task[None] | None = None
+    t_start = time.perf_counter()
+    for i in range(int(seconds / KEYSTROKE_S)):
+        if task is not None and not task.done():
+            task.cancel()  # the editor cancels: the connection closes, the server frees the row
+            tally.statuses[-1] = tally.statuses.get(-1, 0) + 1
+        task = asyncio.create_task(keystroke(window + typed[:i % len(typed)]))
+        await asyncio.sleep(max(0.0, t_start + (i + 1) * KEYSTROKE_S - time.perf_counter()))
+    if task is not None:
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def drive_typing(url: str, scripts: list[tuple[str, str]], seconds: float) -> tuple[Tally, list[int]]:
+    tally, cached = Tally(), []
+    limits = httpx.Limits(max_connections=4 * len(scripts) + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+        await asyncio.gather(*(typist(http, w, t, seconds, tally, cached) for w, t in scripts))
+    return tally, cached
+
+
+def run_typing(model: Path, levels: list[int], seconds: float) -> None:
+    held: dict[str, int] = {}
+    p50s: dict[tuple[str, int], float] = {}
+    for label, mb in (("prefix cache on", "256"), ("prefix cache off", "0")):
+        server = Server(model, max_batch=max(16, max(levels)), max_queue=64, extra=("--prefix-cache-mb", mb))
+        try:
+            server.wait_ready()
+            asyncio.run(drive_typing(server.url, typing_scripts(1, seed=99), 2.0))  # warm-up
+            for n in levels:
+                tally, cached = asyncio.run(drive_typing(server.url, typing_scripts(n), seconds))
+                p50, p95 = pct(tally.latencies, 0.5), pct(tally.latencies, 0.95)
+                p50s[label, n] = p50
+                if p95 <= 0.300:
+                    held[label] = max(held.get(label, 0), n)
+                sent = len(tally.latencies) + tally.statuses.get(-1, 0) + len(tally.errors)
+                print(f"{label:<17} {n:>3} users: p50 {p50 * 1e3:6.0f} ms  p95 {p95 * 1e3:6.0f} ms  "
+                      f"{sent} keystrokes, {tally.statuses.get(-1, 0)} superseded, errors {len(tally.errors)}, "
+                      f"cached tokens/request {sum(cached) / max(1, len(cached)):5.0f}")
+        finally:
+            server.stop()
+    for n in levels:
+        print(f"{n:>3} users: p50 ratio, cache off / on: {p50s['prefix cache off', n] / p50s['prefix cache on', n]:.1f}x")
+    print(f"most users held at p95 <= 300 ms: cache on {held.get('prefix cache on', 0)}, "
+          f"off {held.get('prefix cache off', 0)} (of {levels})")
+
+
 def random_default_model(folder: Path, preset: str) -> Path:
     from codeassist.model.checkpoint import save_model
     from codeassist.model.config import get_preset
@@ -209,11 +298,17 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--requests", type=int, default=4, help="requests per client in each mode")
     ap.add_argument("--skip-overload", action="store_true")
+    ap.add_argument("--workload", choices=["batch", "typing"], default="batch")
+    ap.add_argument("--users", default="1,2,4,8", help="typing: simulated users, one level per run")
+    ap.add_argument("--seconds", type=float, default=15.0, help="typing: how long each level types")
     ap.add_argument("--levels", help="instead: tokens/s of one batching server at these client counts, e.g. 1,16,64")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("CODEASSIST_HOME", tmp)
         model = Path(args.model) if args.model else random_default_model(Path(tmp), args.preset)
+        if args.workload == "typing":
+            run_typing(model, [int(x) for x in args.users.split(",")], args.seconds)
+            return
         if args.levels:
             run_levels(model, [int(x) for x in args.levels.split(",")], args.requests)
             return
