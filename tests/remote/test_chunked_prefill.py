@@ -7,7 +7,7 @@ import asyncio
 
 from codeassist.model import tokenizer as tok
 from codeassist.remote.metrics import ServerMetrics
-from codeassist.remote.scheduler import Delta, Finished, Job, Scheduler
+from codeassist.remote.scheduler import Delta, Failed, Finished, Job, Scheduler
 from tests.remote.conftest import tiny_engine
 from tests.remote.test_scheduler import alone, drain, prompts
 
@@ -64,3 +64,52 @@ async def test_a_running_stream_keeps_producing_tokens_while_a_long_prompt_is_ad
     assert during >= 8
     one_shot, _ = await running_tokens_while_admitting(chunk=256)
     assert one_shot <= 2  # the control: admitted in one prefill, nothing streamed meanwhile
+
+
+async def wait_for_chunks(s: Scheduler, n: int) -> None:
+    async with asyncio.timeout(30):
+        while s.metrics.prefill_chunks._value.get() < n:
+            await asyncio.sleep(0.005)
+
+
+async def test_a_cancel_mid_prefill_frees_the_row_and_keeps_the_prefilled_part() -> None:
+    s = Scheduler(ServerMetrics(), max_batch=1, prefill_chunk=16, prefix_cache_bytes=1 << 20)
+    e = tiny_engine(delay_s=0.01)  # slow enough to cancel between chunks
+    s.start(e.model, e.device, e.dtype)
+    try:
+        h = s.submit([Job(prompt=LONG, max_new_tokens=5, stop_on_eos=False)])
+        await wait_for_chunks(s, 3)
+        h.cancel()
+        _, (fin,) = await drain(h)
+        assert fin.reason == "cancelled" and fin.completion_tokens == 0
+        kept = s.cache.lookup(LONG)[1]
+        assert kept > 0 and kept % 16 == 0 and kept < len(LONG)  # the chunks it had prefilled
+        # the single row is free again, and the next request starts from the kept chunks
+        (text,), (again,) = await drain(s.submit([Job(prompt=LONG, max_new_tokens=5, stop_on_eos=False)]))
+    finally:
+        s.stop()
+    assert text == alone(LONG, 5) and again.cached_tokens == kept
+
+
+async def test_a_model_error_mid_prefill_fails_that_request_and_the_next_one_succeeds(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from codeassist.remote.batch import BatchState
+
+    real = BatchState.extend
+    calls = {"n": 0}
+
+    def broken_third(self: BatchState, tokens: list[int]):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom")
+        return real(self, tokens)
+
+    monkeypatch.setattr(BatchState, "extend", broken_third)
+    s = start(chunk=16)
+    try:
+        h = s.submit([Job(prompt=LONG, max_new_tokens=5, stop_on_eos=False)])
+        _, ev = await asyncio.wait_for(h.next(), 30)
+        assert isinstance(ev, Failed) and ev.status == 500
+        (text,), _ = await drain(s.submit([Job(prompt=LONG, max_new_tokens=5, stop_on_eos=False)]))
+    finally:
+        s.stop()
+    assert text == alone(LONG, 5) and s.in_flight == 0
