@@ -20,7 +20,7 @@ import torch
 
 from codeassist.model import engine as engine_mod
 from codeassist.model import tokenizer as tok
-from codeassist.model.engine import Engine, GenerationRequest, GenerationResult, StopRules
+from codeassist.model.engine import CopyParams, Engine, GenerationRequest, GenerationResult, StopRules
 from codeassist.model.gpt import GPT
 from codeassist.model.sampling import SamplingParams
 from codeassist.model.speculative import SpeculationParams
@@ -99,13 +99,14 @@ def assert_next_requests_are_cold(warm: Engine, interrupt: Callable[[], Generati
                                   full: list[int], speculative: bool = False,
                                   reuse_at_least: int = len(PROMPT) + 1) -> None:
     """What an editor sends next, each right after the interruption: the same prompt, part of the
-    output accepted, all of it accepted and more typed, a prompt that runs past where the output
-    stopped, and one that diverges before the end of the prompt."""
+    output accepted, all of it accepted and more typed (on the line, or on a new one), a prompt
+    that runs past where the output stopped, and one that diverges before the end of the prompt."""
     emitted = interrupt().tokens
     greedy: dict[str, object] = {}
     sampled: dict[str, object] = {"sampling": SamplingParams(temperature=0.8, top_k=40), "seed": 7}
     cases = [(PROMPT, greedy), (PROMPT + tuple(emitted[:2]), sampled),
              (PROMPT + tuple(emitted) + tuple(tok.encode(" = 1")), greedy),
+             (PROMPT + tuple(emitted) + tuple(tok.encode("\n")) + tuple(tok.encode("x = 1")), greedy),
              (PROMPT + tuple(full[:len(emitted) + 6]), greedy),
              (PROMPT + tuple(full[:len(emitted) + 6]), sampled),
              (PROMPT[:-4] + tuple(tok.encode(" something else")), greedy)]
@@ -114,7 +115,9 @@ def assert_next_requests_are_cold(warm: Engine, interrupt: Callable[[], Generati
     for i, (prompt, kw) in enumerate(cases):
         if i:
             assert interrupt().tokens == emitted  # the same state each time
-        req = request(prompt, speculation=spec, **kw)  # type: ignore[arg-type]
+        # stopping at the end of text: with stop_on_eos off, the engine can choose one of the
+        # vocabulary's padding ids and then fail to spell it out
+        req = request(prompt, speculation=spec, stop=StopRules(max_new_tokens=10), **kw)  # type: ignore[arg-type]
         got, logits = generate(warm, req)
         expected, expected_logits = cold_run(req, speculative)
         assert got.tokens == expected.tokens, f"follow-up {i}"
@@ -265,3 +268,23 @@ def test_after_a_backend_error_in_a_verify_pass() -> None:
 
     warm.score_tokens = flaky_score  # type: ignore[method-assign]
     assert_next_requests_are_cold(warm, interrupt, full, speculative=True)
+
+
+@pytest.mark.parametrize("taken", [0, 1], ids=["first-candidate", "last-candidate"])
+def test_after_a_copied_line(taken: int) -> None:
+    """Copy-aware decoding scores every candidate in the cache's slots after the prompt, then
+    answers with one of them: the slots must end up holding the one taken."""
+    warm = engine()
+    candidates = (" a * b", " mul(a, b - 1) + a")
+    # min_logprob -inf: the best candidate is always taken; `taken` says which one that must be
+    probe = warm.generate(request(PROMPT, n=30, copy=CopyParams(candidates=candidates, min_logprob=float("-inf"))))
+    assert all(s > float("-inf") for s in probe.copy_scores)  # both were scored in the cache
+    order = candidates if candidates.index(str(probe.copied)) == taken else candidates[::-1]
+    copy = CopyParams(candidates=order, min_logprob=float("-inf"))
+
+    def interrupt() -> GenerationResult:
+        res = warm.generate(request(PROMPT, n=30, copy=copy))
+        assert res.copied == order[taken] and res.tokens
+        return res
+
+    assert_next_requests_are_cold(warm, interrupt, cold(request(PROMPT, n=30)))
