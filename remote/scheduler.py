@@ -89,6 +89,8 @@ class Scheduler:
             if not self.accepting:
                 raise NotAccepting()
             if len(self._waiting) + len(jobs) > self.max_queue:
+                self._drop_dead()  # editors cancel often: cancelled requests must not hold places
+            if len(self._waiting) + len(jobs) > self.max_queue:
                 raise QueueFull(self.retry_after_s())
             handle = Handle(loop, self._cond)
             self._waiting.extend(SeqState(j, handle, i, self._device) for i, j in enumerate(jobs))
@@ -145,15 +147,7 @@ class Scheduler:
     def _admit(self) -> list[SeqState]:
         """Under the lock: drop dead waiting sequences, take what fits the free rows."""
         assert self._batch is not None
-        now = time.monotonic()
-        for s in [s for s in self._waiting if s.handle.cancelled.is_set() or s.expired(now)]:
-            self._waiting.remove(s)
-            if s.handle.cancelled.is_set():
-                self._finish(s, "cancelled")
-            else:
-                self.metrics.reject("queue_timeout")
-                s.handle._put(s.index, Failed(503, "the request waited in the queue past its time limit"))
-                self._live -= 1  # (the lock is held here)
+        self._drop_dead()
         admitted: list[SeqState] = []
         if self._pending is not None:  # its row must be the last one: nothing joins until it has
             return admitted
@@ -166,6 +160,19 @@ class Scheduler:
             admitted.append(self._waiting.popleft())
         self.metrics.queued.set(len(self._waiting))
         return admitted
+
+    def _drop_dead(self) -> None:
+        """Under the lock: answer the waiting sequences that were cancelled or ran out of time."""
+        now = time.monotonic()
+        for s in [s for s in self._waiting if s.handle.cancelled.is_set() or s.expired(now)]:
+            self._waiting.remove(s)
+            if s.handle.cancelled.is_set():
+                self._finish(s, "cancelled")
+            else:
+                self.metrics.reject("queue_timeout")
+                s.handle._put(s.index, Failed(503, "the request waited in the queue past its time limit"))
+                self._live -= 1
+        self.metrics.queued.set(len(self._waiting))
 
     def _turn(self, admitted: list[SeqState]) -> None:
         batch = self._batch
