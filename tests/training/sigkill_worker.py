@@ -6,7 +6,8 @@ and wait there to be killed.
 POINT is `step:K` (after step K's update, before its checkpoint), `save-state:K` (the training
 checkpoint of step K written to its temporary file, not yet renamed) or `save-model:K` (the
 training checkpoint of step K in place, the model file of step K not yet). The worker prints
-`paused POINT` and blocks; without POINT it trains to the end and exits.
+`paused POINT` and blocks; without POINT it trains to the end and exits. The test runs the
+uninterrupted reference in its own process with `train_run`.
 """
 
 from __future__ import annotations
@@ -36,13 +37,20 @@ def pause(point: str) -> None:
     raise SystemExit(3)
 
 
-def main() -> None:
-    out, point = Path(sys.argv[1]), (sys.argv[2] if len(sys.argv) > 2 else "")
-    torch.set_num_threads(1)
+def train_run(out: Path, progress: Any = None) -> None:
+    """The run, from the start or resumed from out/ (in this process: the uninterrupted reference)."""
     rng = np.random.default_rng(0)
     train_data = rng.integers(0, CONFIG.vocab_size, 4000).astype(np.uint16)
     val_data = rng.integers(0, CONFIG.vocab_size, 1000).astype(np.uint16)
     model = build_model(CONFIG, seed=0)
+    train(model, train_data, val_data, CFG, out, torch.device("cpu"), resume=True, on_progress=progress,
+          data_id="sigkill")
+
+
+def main() -> None:
+    out, point = Path(sys.argv[1]), (sys.argv[2] if len(sys.argv) > 2 else "")
+    torch.set_num_threads(1)
+
     def pausing_save_file(tensors: dict[str, torch.Tensor], path: Any, metadata: dict[str, str]) -> None:
         if "state" in metadata:  # the training checkpoint
             label = f"save-state:{json.loads(metadata['state'])['step']}"
@@ -61,8 +69,7 @@ def main() -> None:
         if point == f"step:{p['step']}":
             pause(point)
 
-    train(model, train_data, val_data, CFG, out, torch.device("cpu"), resume=True, on_progress=progress,
-          data_id="sigkill")
+    train_run(out, progress)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from .sigkill_worker import train_run
+
 WORKER = Path(__file__).with_name("sigkill_worker.py")
 
 
@@ -58,7 +60,7 @@ def progress(meta: dict[str, str]) -> dict[str, object]:
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_equal_to_the_uninterrupted_run(tmp_path: Path) -> None:
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    life(whole)
+    train_run(whole)  # the reference, never interrupted (here: one thread, as in the worker)
     first = life(killed, "step:3")
     assert first[:3] == ["step 1", "step 2", "step 3"]  # nothing was resumed in the first life
     # each later life resumes from the last complete checkpoint (written every 2 steps)
