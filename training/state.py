@@ -1,8 +1,9 @@
 """Training checkpoints for exact resume, in safetensors (never pickles).
 
 Tensors: `model.*` (weights), `opt.<i>.<name>` (AdamW moments and step per parameter, in
-parameter order) and `rng.torch` (the CPU generator, for dropout). Metadata: the progress
-counters, loss history, and the train and model configs a resume must match.
+parameter order) and `rng.torch` (the CPU generator; the loop seeds dropout per micro-batch, see
+`loop.dropout_seed`, so a resume does not depend on it). Metadata: the progress counters, loss
+history, and the train and model configs a resume must match.
 """
 
 from __future__ import annotations
