@@ -18,9 +18,10 @@ from codeassist.lsp.backends import Backend, CompletionRequest
 from codeassist.lsp.cache import CompletionCache
 from codeassist.lsp.context import CompletionContext, Mode, completion_mode
 from codeassist.lsp.postprocess import postprocess
-from codeassist.lsp.prompt import Prompt, build_prompt
+from codeassist.lsp.prompt import TAIL_TOKENS, Prompt, build_prompt
 from codeassist.lsp.settings import Settings
 from codeassist.lsp.workspace import WorkspaceIndex
+from codeassist.model import tokenizer as tok
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 # suggestion cache and the engine's KV cache.
 TYPING_TIME_BUDGET_MS = 180
 DEFAULT_CONTEXT_TOKENS = 2048  # when a backend does not say (remote)
+TYPED_CHARS = 400  # text before the cursor tokenized as typed, for copy lookups (about TAIL_TOKENS)
 _PY_BLOCK_STOPS = ("\n\n\n", "\ndef ", "\nclass ", "\nif __name__", "\n@")
 
 
@@ -72,6 +74,7 @@ class Pipeline:
         self._inflight: dict[tuple[str, str], asyncio.Task[Any]] = {}
         self.workspace: WorkspaceIndex | None = None  # copy candidates from the user's code
         self.copies_taken = 0
+        self.last_reused = 0  # prompt tokens whose keys and values the last request reused
 
     async def complete(self, ctx: CompletionContext, invoked: bool = False, channel: str = "inline"
                        ) -> Completion:
@@ -93,6 +96,7 @@ class Pipeline:
                 del self._inflight[key]
         self.latency.add(result.latency_ms)
         self.last_reason = result.reason
+        self.last_reused = result.reused_tokens
         return result
 
     async def _complete(self, ctx: CompletionContext, invoked: bool) -> Completion:
@@ -142,7 +146,8 @@ class Pipeline:
         cursor = ctx.prefix_offset + len(ctx.prefix)
         # one candidate, the copy heuristic's choice: the embedded model's scores picked worse
         # among several than the longest match did (benchmarks/README.md), and each costs a pass
-        found = self.workspace.candidates(ctx.uri, cursor, list(prompt.tail), prompt.forced, limit=1)
+        typed = tok.encode(prompt.prefix[-TYPED_CHARS:])[-TAIL_TOKENS:]
+        found = self.workspace.candidates(ctx.uri, cursor, list(prompt.tail), prompt.forced, limit=1, typed=typed)
         return tuple(prompt.forced + c.text[len(prompt.forced):] for c in found)
 
 

@@ -25,7 +25,7 @@ SUFFIX_TOKENS = 256  # "a few hundred": the model was trained on ~3,000-characte
 CUT_QUANTUM = 256  # the prefix is cut only at absolute offsets rounded to this (stable cache)
 MAX_HEAL_TOKENS = 4  # enough for most identifiers typed halfway
 SNIPPET_MIN_ROOM = 48
-TAIL_TOKENS = 48  # as many as a copy lookup compares (model/copy.py MAX_MATCH)
+TAIL_TOKENS = 64  # as many as a copy lookup compares (model/copy.py MAX_MATCH)
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,7 @@ class CodeassistServer(LanguageServer):
                 "p95Ms": None if p95 is None else round(p95, 2),
                 "lastReason": self.pipeline.last_reason if st.ready else st.reason,
                 "cacheHits": self.pipeline.cache.hits, "copiesTaken": self.pipeline.copies_taken,
+                "reusedTokens": self.pipeline.last_reused,
                 "index": self.index.stats().to_dict() if self.index.roots else None}
 
 

@@ -168,9 +168,10 @@ class WorkspaceIndex:
 
     # -- lookup ------------------------------------------------------------------------------------
 
-    def candidates(self, uri: str, cursor: int, context: list[int], forced: str, limit: int = 3
-                   ) -> list[Candidate]:
-        """Copy candidates for the cursor at code-point offset `cursor` of open document `uri`."""
+    def candidates(self, uri: str, cursor: int, context: list[int], forced: str, limit: int = 3,
+                   typed: list[int] | None = None) -> list[Candidate]:
+        """Copy candidates for the cursor at code-point offset `cursor` of open document `uri`
+        (`context`, `forced`, `typed`: see model/copy.py find_candidates)."""
         docs = self.documents()
         current = docs.get(uri)
         if current is None:
@@ -181,7 +182,7 @@ class WorkspaceIndex:
                 self._mask({p for p, _, _ in docs.values()} | set(self._changed))
                 indexes.append((self._base, self._dead))
             indexes.append((self._overlay_index(uri, docs), None))
-        return find_candidates(indexes, context, forced, limit)
+        return find_candidates(indexes, context, forced, limit, typed or ())
 
     def snippets(self, uri: str, query: str, limit: int) -> tuple[Snippet, ...]:
         """Chunks of other files most like `query` (the lines above the cursor), best first.

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from codeassist.model import tokenizer as tok
+from codeassist.model.healing import allowed_tokens
 
 KEY = 3  # tokens in a lookup key: shorter matches say too little
-MAX_MATCH = 48  # tokens compared back from the cursor
+MAX_MATCH = 64  # tokens compared back from the cursor (more than MAX_MATCH_CHARS characters)
 MAX_OCCURRENCES = 20_000  # of one key, walked back (a very common key: the newest ones)
 MAX_CONTINUATION = 40  # tokens read after a match, up to the end of its line
 MAX_DECODED = 64  # occurrences decoded per lookup, longest match first
+MAX_MATCH_CHARS = 120  # a match longer than this counts as this long (the copy heuristic's cap)
 _SEP = -1  # between segments: no key and no match crosses it
 _BITS = 17  # 2**17 > vocabulary size: a key packs KEY token ids into one int64 exactly
 
@@ -63,7 +65,7 @@ class CopyIndex:
         ends = np.flatnonzero(~sep).astype(np.int32)
         del sep
         keys = keys[ends]
-        order = np.argsort(keys)  # the transient peak: about 40 bytes a token
+        order = np.argsort(keys, kind="stable")  # equal keys in text order: ties go to the first; the peak
         self.keys = keys[order]
         del keys
         self.ends = ends[order] + KEY
@@ -113,53 +115,90 @@ class CopyIndex:
         lo, hi = np.searchsorted(self.keys, [key, key + 1])
         return self.ends[lo:hi].astype(np.int64) if hi - lo <= limit else np.zeros(0, dtype=np.int64)
 
-    def continuation(self, end: int) -> bytes:
-        """The bytes after position `end` up to the end of that line (or MAX_CONTINUATION tokens)."""
+    def text_before(self, end: int, limit: int) -> bytes:
+        """About the last `limit` bytes before position `end`, not crossing into another segment."""
+        out: list[bytes] = []
+        n = 0
+        for t in self.tokens[max(0, end - limit):end][::-1]:
+            if t < 0 or n >= limit:
+                break
+            out.append(tok.token_bytes(int(t)))
+            n += len(out[-1])
+        return b"".join(reversed(out))
+
+    def continuation(self, end: int, skip: int = 0) -> bytes:
+        """The bytes after position `end` up to the end of the line that holds byte `skip` of them
+        (the cursor's line, when `skip` bytes of typed text come first), at most MAX_CONTINUATION tokens."""
         out = bytearray()
         for t in self.tokens[end:end + MAX_CONTINUATION]:
             if t < 0:
                 break
-            b = tok.token_bytes(int(t))
-            nl = b.find(b"\n")
+            out += tok.token_bytes(int(t))
+            nl = out.find(b"\n", skip)
             if nl >= 0:
-                out += b[:nl]
-                break
-            out += b
+                return bytes(out[:nl])
         return bytes(out)
 
 
 def find_candidates(indexes: Sequence[tuple[CopyIndex, np.ndarray | None]], context: Sequence[int],
-                    forced: str, limit: int = 3) -> list[Candidate]:
-    """Distinct rests of the line after matches of `context` + `forced`, best first.
+                    forced: str, limit: int = 3, typed: Sequence[int] = ()) -> list[Candidate]:
+    """Distinct rests of the line after the text before the cursor, best first.
 
-    Only occurrences whose continuation spells out `forced` (the healed text at the cursor)
-    match at all. A rest ranks by its longest match, then by how often it followed a match of
-    that length (the copy heuristic's order); each begins with `forced`.
+    Two lookups, the longer match wins: the healed tokens `context` followed by any token that
+    spells out `forced` (a word typed halfway, "retur" -> " return"), and `typed`, the tokens of
+    the text as typed, forced part included (a whole word: "(metaclass" whatever came before).
+    A rest ranks by its longest match in characters, then by how often it followed a match that
+    long (the copy heuristic's order). A rest that begins with whitespace after whitespace at
+    the cursor (another indentation) or holds no code is no candidate. Each begins with `forced`.
     """
-    found: list[tuple[int, CopyIndex, int]] = []  # (length, index, end)
-    for index, dead in indexes:
-        ends, lengths = index.matches(context, dead)
-        found += [(int(n), index, int(e)) for n, e in zip(lengths, ends, strict=True)]
+    want = forced.encode("utf-8")
+    found: list[tuple[int, CopyIndex, int, int]] = []  # (match characters, index, end, bytes to skip)
+    first = np.asarray(allowed_tokens(want), dtype=np.int32) if want else None
+    for ctx, skip in ((context, len(want)), (typed, 0)):
+        widths = np.cumsum([len(tok.token_bytes(int(t))) for t in reversed(ctx[-MAX_MATCH:])] or [0])
+        for index, dead in indexes:
+            ends, lengths = index.matches(ctx, dead)
+            if skip and first is not None and len(ends):  # the next token must spell out what was typed
+                ok = np.isin(index.tokens[np.minimum(ends, index.n_tokens - 1)], first)
+                ends, lengths = ends[ok], lengths[ok]
+            found += [(int(widths[n - 1]) + skip, index, int(e), skip) for n, e in zip(lengths, ends, strict=True)]
     if not found:
         return []
     found.sort(key=lambda f: -f[0])
-    want = forced.encode("utf-8")
-    best: dict[bytes, list[int]] = {}  # rest -> [longest match, count at that length]
-    for length, index, end in found[:MAX_DECODED]:
-        rest = index.continuation(end)
-        if not rest.startswith(want) or not rest[len(want):].strip():
+    after_space = want[-1:].isspace() or (not want and bool(typed) and tok.token_bytes(int(typed[-1]))[-1:].isspace())
+    before = b"".join(tok.token_bytes(int(t)) for t in typed[-MAX_MATCH:])[-MAX_MATCH_CHARS:] if typed else b""
+    best: dict[bytes, list[int]] = {}  # rest after the cursor -> [longest match, count at that length]
+    for chars, index, end, skip in found[:MAX_DECODED]:
+        rest = index.continuation(end, skip)
+        if skip:
+            if not rest.startswith(want):
+                continue
+            rest = rest[len(want):]
+        if not rest.strip() or (after_space and rest[:1].isspace()):
             continue
-        seen = best.setdefault(rest, [length, 0])
-        seen[1] += seen[0] == length
+        if before:  # in characters, exactly: tokens split the same text differently in places
+            chars = _common_suffix(before, index.text_before(end, MAX_MATCH_CHARS) + (want if skip else b""))
+        seen = best.setdefault(rest, [chars, 0])
+        if chars > seen[0]:
+            seen[:] = [chars, 0]
+        seen[1] += seen[0] == chars
     ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], -kv[1][1]))
     out = []
-    for rest, (length, count) in ranked:
+    for rest, (chars, count) in ranked:
         try:
-            text = rest.decode("utf-8")
+            text = (want + rest).decode("utf-8")
         except UnicodeDecodeError:
             continue
-        chars = sum(len(tok.token_bytes(int(t))) for t in context[-length:] if t >= 0)
-        out.append(Candidate(text.rstrip(), count, chars))
+        out.append(Candidate(text.rstrip(), count, chars - len(want)))
         if len(out) == limit:
             break
     return out
+
+
+def _common_suffix(a: bytes, b: bytes) -> int:
+    n = 0
+    for x, y in zip(reversed(a), reversed(b), strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -240,6 +240,8 @@ class Engine:
                 assert logits is not None
                 if constraint is not None and not constraint.done:
                     logits = constraint.mask(logits)
+                if not req.stop.stop_on_eos:
+                    logits = _no_specials(logits)
                 pending = [sample_next(logits, req.sampling, gen)]
                 if constraint is not None:
                     constraint.advance(pending[0])
@@ -373,6 +375,8 @@ class Engine:
                 c = constraints[b]
                 if c is not None and not c.done:
                     row = c.mask(row)
+                if not reqs[b].stop.stop_on_eos:
+                    row = _no_specials(row)
                 token = sample_next(row, reqs[b].sampling, gens[b])
                 if c is not None:
                     c.advance(token)
@@ -431,6 +435,15 @@ def fit_to_context(prompt: list[int], max_new: int, block_size: int) -> tuple[li
     if len(prompt) > room:
         return prompt[len(prompt) - room:], max_new, True
     return prompt, max_new, False
+
+
+def _no_specials(logits: torch.Tensor) -> torch.Tensor:
+    """Without the end-of-text stop, neither it, the FIM markers nor the vocabulary's padding
+    ids (which have no text) may be chosen."""
+    logits = logits.clone()
+    logits[tok.EOT_ID] = float("-inf")
+    logits[tok.FIM_PREFIX_ID:] = float("-inf")
+    return logits
 
 
 def _forced_len(req: GenerationRequest) -> int:

@@ -8,9 +8,9 @@ output on a tokenization training could have produced may be chosen:
 - a token that begins with the whole rest (" retur" -> " return", " returned", ...);
 - the first token of the rest's own encoding, when that is shorter than the rest (a long
   identifier spelled over several tokens: "app_exceptio" -> "app", then "_", then "exception");
-- for indentation or a space (a run of spaces), only what training puts before code: a token
-  of one space and a word, or the run one space shorter ("        return" is 7 spaces +
-  " return"); never more whitespace than the user typed.
+- for indentation, a space or line breaks, only what training puts before code: a token of
+  one space and a word, or the run one character shorter ("        return" is 7 spaces +
+  " return"; "\n\nif" is "\n" + "\n" + "if"); never more whitespace than the user typed.
 
 Any other prefix of the rest is refused. Allowing every prefix let a weak model take a lone
 " " before "annot" or three spaces before nineteen: tokenizations it never saw in training,
@@ -49,8 +49,8 @@ def allowed_tokens(rest: bytes) -> tuple[int, ...]:
         text = rest.decode("utf-8")
     except UnicodeDecodeError:  # a token ended inside a character: any byte prefix will do
         return tuple([by_bytes[rest[:n]] for n in range(1, len(rest)) if rest[:n] in by_bytes] + out)
-    if text and not text.strip(" "):  # spaces only: see _after_spaces
-        return _after_spaces(rest, out)
+    if text and text.isspace() and "\t" not in text:  # spaces and line breaks: see _after_whitespace
+        return _after_whitespace(rest, out)
     steps = [tok.encode(text)[0]] if text else []
     for step in steps:
         if step not in out and rest.startswith(tok.token_bytes(step)):
@@ -58,20 +58,24 @@ def allowed_tokens(rest: bytes) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _after_spaces(rest: bytes, covering: list[int]) -> tuple[int, ...]:
-    """What may spell out a run of spaces: only the tokenizations training produces before code.
+def _after_whitespace(rest: bytes, covering: list[int]) -> tuple[int, ...]:
+    """What may spell out spaces or line breaks: only the tokenizations training produces before code.
 
-    GPT-2's pre-tokenizer gives the last space of a run to the word after it, so code follows
-    spaces as " word" (one space, then no whitespace) or as the run one space shorter and then
-    " word". A token that goes on with more whitespace (a longer run, " \n"), or the run itself
-    followed by a bare word, is refused: after "raise " a weak model otherwise took a 7-space
-    token and suggested "       return ..." (a third of suggestions began with stray spaces).
+    GPT-2's pre-tokenizer gives the last whitespace character of a run to what follows ("  x" is
+    " " + " x"; "\n\nif" is "\n" + "\n" + "if"), so code follows a run as the run one character
+    shorter and then the last one, joined to the word when it is a space. A token that goes on
+    with more whitespace (a longer run, " \n"), or a whole run followed by a bare word, is
+    refused: after "raise " a weak model otherwise took a 7-space token and suggested
+    "       return ..." (a third of suggestions began with stray spaces). A lone line break is
+    allowed as itself; PrefixConstraint then keeps the next token from being indentation.
     """
     n = len(rest)
     out = [t for t in covering if len(tok.token_bytes(t)) > n and not tok.token_bytes(t)[n:n + 1].isspace()]
     if n >= 2:
-        out.append(tok.encode(" " * (n - 1))[0])
-    return tuple(out)
+        out.append(tok.encode(rest[:-1].decode("ascii"))[0])
+    elif rest == b"\n":
+        out.append(tok.encode("\n")[0])
+    return tuple(dict.fromkeys(out))
 
 
 @functools.cache

@@ -98,3 +98,13 @@ def test_a_candidate_that_does_not_spell_out_the_typed_text_is_never_scored_or_t
     engine = Engine(make_tiny(0), torch.device("cpu"))
     result = engine.generate(_request(PROMPT, CopyParams(("return x",), min_logprob=-1e9), " "))
     assert result.copied is None and result.copy_scores == (float("-inf"),)
+
+
+def test_without_the_eos_stop_no_special_or_padding_id_is_ever_chosen() -> None:
+    model = make_tiny(3)
+    first = Engine(make_tiny(3), torch.device("cpu")).generate(_request(PROMPT, CopyParams(), n=1)).tokens[0]
+    with torch.no_grad():  # end-of-text and the padding ids: three times the favourite's logit
+        model.lm_head.weight[tok.FIM_PREFIX_ID:] = 3 * model.lm_head.weight[first]
+        model.lm_head.weight[tok.EOT_ID] = 3 * model.lm_head.weight[first]
+    result = Engine(model, torch.device("cpu")).generate(_request(PROMPT, CopyParams(), n=6))
+    assert len(result.tokens) == 6 and all(t < tok.EOT_ID for t in result.tokens)
