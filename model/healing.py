@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import bisect
 import functools
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from codeassist.model import tokenizer as tok
 
@@ -97,6 +99,8 @@ class PrefixConstraint:
         return not self.rest and not self._after_newline
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        import torch  # here, not at import: the copy lookup uses this module in a server without torch
+
         if not self.rest:
             if not self._after_newline:
                 return logits

@@ -102,3 +102,41 @@ async def test_inline_and_classic_requests_do_not_supersede_each_other() -> None
     a = asyncio.ensure_future(pipe.complete(ctx()))
     b = asyncio.ensure_future(pipe.complete(ctx(), channel="classic"))
     assert [r.text for r in await asyncio.gather(a, b)] == ["x", "x"]
+
+
+class _RemoteFake(FakeBackend):
+    """A team server's backend as the pipeline sees it: it cannot score copy candidates."""
+
+    def status(self):  # type: ignore[no-untyped-def]
+        from dataclasses import replace
+
+        return replace(super().status(), backend="remote")
+
+
+COPY_DOC = ("def load(path):\n    with open(path, encoding='utf-8') as handle:\n        return json.load(handle)\n\n\n"
+            "def load_again(path):\n    with open(path, encoding='utf-8') as handle:\n        ")
+
+
+async def _with_workspace(backend: FakeBackend, text: str, copy: bool = True) -> tuple[str, list[CompletionRequest]]:
+    from codeassist.lsp.workspace import WorkspaceIndex
+
+    uri = "file:///w.py"
+    pipe = Pipeline(backend, Settings(copy=copy))
+    pipe.workspace = WorkspaceIndex(lambda: {uri: ("/w.py", 1, text)})
+    got = await pipe.complete(build_context(uri, "python", text, len(text)))
+    return got.text, backend.requests
+
+
+async def test_local_backends_get_the_copy_candidate_to_score() -> None:
+    text, requests = await _with_workspace(FakeBackend(lambda r: "model()"), COPY_DOC)
+    assert text == "model()" and requests[0].copy == ("        return json.load(handle)",)
+    _, requests = await _with_workspace(FakeBackend(lambda r: "model()"), COPY_DOC, copy=False)
+    assert requests[0].copy == ()
+
+
+async def test_a_remote_backend_is_not_asked_when_a_long_match_gives_the_line() -> None:
+    text, requests = await _with_workspace(_RemoteFake(lambda r: "model()"), COPY_DOC)
+    assert text == "return json.load(handle)" and requests == []
+    short = "x = 1\n\ny = compute(x)\n\nz = compute"  # a short match: the team server answers
+    text, requests = await _with_workspace(_RemoteFake(lambda r: "(y)"), short)
+    assert text == "(y)" and len(requests) == 1
