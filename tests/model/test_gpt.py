@@ -50,7 +50,7 @@ def test_rows_at_different_positions() -> None:
 
 
 def _write_hf_dir(path: Path, safetensors: bool) -> torch.nn.Module:
-    transformers = pytest.importorskip("transformers")
+    import transformers  # a test dependency: missing, this must fail, not skip
     cfg = transformers.GPT2Config(vocab_size=N_GPT2, n_positions=64, n_embd=32, n_layer=2, n_head=4)
     torch.manual_seed(0)
     ref = transformers.GPT2LMHeadModel(cfg).eval()

@@ -101,8 +101,6 @@ def test_a_draft_model_identical_to_the_target_is_always_accepted() -> None:
     assert res.accepted_tokens == res.drafted_tokens > 20
 
 
-@pytest.mark.skipif(not DEFAULT_MODEL.exists(), reason="model/assets/default.safetensors is not there yet "
-                    "(the embedded default model is still training)")
 def test_speculative_greedy_equals_plain_greedy_on_the_default_model() -> None:
     # the shipped weights, dequantized: with int8 the CPU kernel quantizes activations over the
     # whole input, so a verify step's rows can round differently from a one-row decode step and
