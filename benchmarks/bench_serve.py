@@ -252,6 +252,13 @@ async def drive_typing(url: str, scripts: list[tuple[str, str]], seconds: float)
     return tally, cached
 
 
+def metric(url: str, name: str) -> float:
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def run_typing(model: Path, levels: list[int], seconds: float) -> None:
     held: dict[str, int] = {}
     p50s: dict[tuple[str, int], float] = {}
@@ -261,15 +268,19 @@ def run_typing(model: Path, levels: list[int], seconds: float) -> None:
             server.wait_ready()
             asyncio.run(drive_typing(server.url, typing_scripts(1, seed=99), 2.0))  # warm-up
             for n in levels:
+                prefilled = metric(server.url, "codeassist_prompt_tokens_total")
                 tally, cached = asyncio.run(drive_typing(server.url, typing_scripts(n), seconds))
+                prefilled = metric(server.url, "codeassist_prompt_tokens_total") - prefilled
                 p50, p95 = pct(tally.latencies, 0.5), pct(tally.latencies, 0.95)
                 p50s[label, n] = p50
                 if p95 <= 0.300:
                     held[label] = max(held.get(label, 0), n)
                 sent = len(tally.latencies) + tally.statuses.get(-1, 0) + len(tally.errors)
                 print(f"{label:<17} {n:>3} users: p50 {p50 * 1e3:6.0f} ms  p95 {p95 * 1e3:6.0f} ms  "
-                      f"{sent} keystrokes, {tally.statuses.get(-1, 0)} superseded, errors {len(tally.errors)}, "
-                      f"cached tokens/request {sum(cached) / max(1, len(cached)):5.0f}")
+                      f"{sent} keystrokes, {tally.statuses.get(-1, 0)} superseded, errors {len(tally.errors)} "
+                      f"{sorted(set(tally.errors))[:2]}, "
+                      f"cached tokens/answer {sum(cached) / max(1, len(cached)):4.0f}, "
+                      f"prefilled tokens/keystroke {prefilled / max(1, sent):4.0f}")
         finally:
             server.stop()
     for n in levels:

@@ -104,6 +104,7 @@ class SeqState:
         self.t_submit = time.monotonic()
         self.t_first: float | None = None
         self.cached = 0  # prompt tokens taken from the prefix cache
+        self.source: tuple[int, ...] | None = None  # the tokens of the cache entry they came from
         self.fed = 0  # prompt tokens in the row's cache so far (piecewise prefill)
 
     def expired(self, now: float) -> bool:

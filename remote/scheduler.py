@@ -42,7 +42,7 @@ from codeassist.remote.events import (
     SeqState,
 )
 from codeassist.remote.metrics import ServerMetrics
-from codeassist.remote.prefix_cache import CachedPrefix, PrefixCache
+from codeassist.remote.prefix_cache import REPLACE_SLACK, CachedPrefix, PrefixCache
 
 __all__ = ["Delta", "Event", "Failed", "Finished", "Handle", "Job", "NotAccepting", "QueueFull", "Scheduler"]
 
@@ -211,6 +211,7 @@ class Scheduler:
             self._count_lookups(1, n)
             self._batch.start_row((entry.k, entry.v) if entry is not None else None, n)
             seq.cached = seq.fed = n
+            seq.source = entry.tokens if entry is not None else None
             self._pending = seq
             self._prefill_chunk()
 
@@ -229,7 +230,7 @@ class Scheduler:
         seq, batch = self._pending, self._batch
         assert seq is not None and batch is not None
         if seq.handle.cancelled.is_set() or seq.expired(time.monotonic()):
-            self._remember(batch.active, seq.job.prompt[:seq.fed])  # a later keystroke may reuse it
+            self._remember(batch.active, seq, seq.fed)  # a later keystroke may reuse it
             batch.pending = self._pending = None
             self._finish(seq, "cancelled" if seq.handle.cancelled.is_set() else "time")
             return
@@ -246,10 +247,15 @@ class Scheduler:
             self._sample(logits.unsqueeze(0), len(self._running) - 1)
             self._sweep()
 
-    def _remember(self, row: int, tokens: tuple[int, ...]) -> None:
-        """Keep the first len(tokens) keys and values of `row` in the prefix cache."""
+    def _remember(self, row: int, seq: SeqState, length: int) -> None:
+        """Keep the keys and values of `row`'s first `length` prompt tokens in the prefix cache,
+        unless the entry it started from is still there and covers nearly as much (a typing
+        user's next keystroke then reuses that one: no copy per keystroke)."""
         assert self._batch is not None
+        tokens = seq.job.prompt[:length]
         if not self.cache.enabled or len(tokens) < self.cache.min_tokens or self.cache.holds(tokens):
+            return
+        if seq.source is not None and seq.cached >= length - REPLACE_SLACK and self.cache.holds(seq.source):
             return
         evicted = self.cache.evictions
         self.cache.insert(tokens, *self._batch.snapshot(row, len(tokens)))
@@ -307,7 +313,7 @@ class Scheduler:
                 seq.reason = "cancelled"
             if seq.reason is None:
                 continue
-            self._remember(row, seq.job.prompt)
+            self._remember(row, seq, len(seq.job.prompt))
             moved = self._batch.remove(row)
             if moved is not None:
                 self._running[row] = self._running[moved]

@@ -110,3 +110,24 @@ def test_the_cache_keeps_the_longest_match_and_replaces_what_a_new_entry_covers(
     cache.insert((*a[:38], 5, 6, 7), kv(41), kv(41))  # the next keystroke replaces the previous window
     assert not cache.holds(a) and len(cache) == 2
     assert common_prefix((1, 2, 3), (1, 2, 4)) == 2 and common_prefix((1,), (1, 2)) == 1
+
+
+async def test_a_typing_user_copies_a_row_into_the_cache_once_not_at_every_keystroke(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from codeassist.remote.batch import BatchState
+
+    snapshots: list[int] = []
+    real = BatchState.snapshot
+
+    def counting(self: BatchState, row: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        snapshots.append(length)
+        return real(self, row, length)
+
+    monkeypatch.setattr(BatchState, "snapshot", counting)
+    windows = typing(steps=4)  # a few tokens apart: each reuses the first window's entry
+    s = start(64 << 20)
+    try:
+        out = await one_by_one(s, [Job(prompt=p, max_new_tokens=4, stop_on_eos=False) for p in windows])
+    finally:
+        s.stop()
+    assert snapshots == [len(windows[0])]
+    assert [f.cached_tokens for _, f in out[1:]] == [common_prefix(windows[0], p) for p in windows[1:]]
