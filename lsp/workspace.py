@@ -29,7 +29,7 @@ import numpy as np
 
 from codeassist.lsp.context import Snippet
 from codeassist.model import tokenizer as tok
-from codeassist.model.copy import KEY, Candidate, CopyIndex, find_candidates
+from codeassist.model.copy import KEY, Candidate, CopyIndex, find_candidates, find_in_text
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,14 @@ class WorkspaceIndex:
                 self._mask({p for p, _, _ in docs.values()} | set(self._changed))
                 indexes.append((self._base, self._dead))
             indexes.append((self._overlay_index(uri, docs), None))
-        return find_candidates(indexes, context, forced, limit, typed or ())
+        found = find_candidates(indexes, context, forced, limit, typed or ())
+        in_text = find_in_text(current[2], cursor, forced, limit)
+        # the longer match wins, then the more frequent rest: the copy heuristic's order
+        merged = sorted([*in_text, *found], key=lambda c: (-c.match_chars, -c.count))
+        unique: dict[str, Candidate] = {}
+        for c in merged:
+            unique.setdefault(c.text, c)
+        return list(unique.values())[:limit]
 
     def snippets(self, uri: str, query: str, limit: int) -> tuple[Snippet, ...]:
         """Chunks of other files most like `query` (the lines above the cursor), best first.

@@ -29,6 +29,7 @@ MAX_OCCURRENCES = 20_000  # of one key, walked back (a very common key: the newe
 MAX_CONTINUATION = 40  # tokens read after a match, up to the end of its line
 MAX_DECODED = 64  # occurrences decoded per lookup, longest match first
 MAX_MATCH_CHARS = 120  # a match longer than this counts as this long (the copy heuristic's cap)
+MIN_TEXT_MATCH = 6  # characters: a shorter text match says nothing
 _SEP = -1  # between segments: no key and no match crosses it
 _BITS = 17  # 2**17 > vocabulary size: a key packs KEY token ids into one int64 exactly
 
@@ -202,3 +203,42 @@ def _common_suffix(a: bytes, b: bytes) -> int:
             break
         n += 1
     return n
+
+
+def find_in_text(text: str, cursor: int, forced: str, limit: int = 3) -> list[Candidate]:
+    """The copy heuristic on one text (the open document), in characters: the rests of the line
+    after the longest text before `cursor` (6 to MAX_MATCH_CHARS characters) seen elsewhere in it,
+    most frequent first. Exact where token lookups miss a match that tokens split differently
+    ("request.extensions:" against " extensions:"); a few string searches on one document."""
+    before = text[max(0, cursor - MAX_MATCH_CHARS):cursor]
+    after_space = before[-1:].isspace()
+    lo, hi, best = MIN_TEXT_MATCH, len(before), []
+    while lo <= hi:  # a longer match implies the shorter ones: bisect the length
+        mid = (lo + hi) // 2
+        rests = _rests_after(text, before[-mid:], cursor, after_space)
+        if rests:
+            best, lo = rests, mid + 1
+        else:
+            hi = mid - 1
+    if not best:
+        return []
+    chars = lo - 1 - len(forced)
+    counts: dict[str, int] = {}
+    for rest in best:
+        counts[rest] = counts.get(rest, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+    return [Candidate(forced + rest, count, chars) for rest, count in ranked]
+
+
+def _rests_after(text: str, key: str, cursor: int, after_space: bool) -> list[str]:
+    out = []
+    p = text.find(key)
+    while p >= 0 and len(out) < MAX_DECODED:
+        end = p + len(key)
+        if end != cursor:
+            nl = text.find("\n", end)
+            rest = text[end:nl if nl >= 0 else len(text)].rstrip()
+            if rest.strip() and not (after_space and rest[:1].isspace()):
+                out.append(rest)
+        p = text.find(key, p + 1)
+    return out

@@ -108,3 +108,15 @@ def test_without_the_eos_stop_no_special_or_padding_id_is_ever_chosen() -> None:
         model.lm_head.weight[tok.EOT_ID] = 3 * model.lm_head.weight[first]
     result = Engine(model, torch.device("cpu")).generate(_request(PROMPT, CopyParams(), n=6))
     assert len(result.tokens) == 6 and all(t < tok.EOT_ID for t in result.tokens)
+
+
+def test_in_the_document_a_match_counts_in_characters_whatever_the_tokens() -> None:
+    from codeassist.model.copy import find_in_text
+
+    # " extensions:" and "request.extensions:" tokenize differently; as text they match
+    text = ('if "t" not in extensions:\n            timeout = (\n                1\n            )\n'
+            'if "t" not in request.extensions:\n            ')
+    found = find_in_text(text, len(text), "            ")
+    assert [c.text for c in found] == ["            timeout = ("]
+    own = "q = 0\nvalue_one = 1\n"
+    assert find_in_text(own, own.index(" = 1"), "") == []  # the cursor's own text never answers
