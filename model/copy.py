@@ -231,7 +231,7 @@ def find_in_text(text: str, cursor: int, forced: str, limit: int = 3) -> list[Ca
 
 
 def _rests_after(text: str, key: str, cursor: int, after_space: bool) -> list[str]:
-    out = []
+    out: list[str] = []
     p = text.find(key)
     while p >= 0 and len(out) < MAX_DECODED:
         end = p + len(key)
