@@ -162,6 +162,9 @@ def find_candidates(indexes: Sequence[tuple[CopyIndex, np.ndarray | None]], cont
             if skip and first is not None and len(ends):  # the next token must spell out what was typed
                 ok = np.isin(index.tokens[np.minimum(ends, index.n_tokens - 1)], first)
                 ends, lengths = ends[ok], lengths[ok]
+            if len(ends) > MAX_DECODED:  # only the longest can be decoded: no Python list of thousands
+                top = np.argsort(-lengths, kind="stable")[:MAX_DECODED]
+                ends, lengths = ends[top], lengths[top]
             found += [(int(widths[n - 1]) + skip, index, int(e), skip) for n, e in zip(lengths, ends, strict=True)]
     if not found:
         return []
