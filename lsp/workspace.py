@@ -238,7 +238,7 @@ class WorkspaceIndex:
 
     def _overlay_index(self, uri: str, docs: dict[str, tuple[str, int, str]]) -> CopyIndex:
         others = tuple(sorted((u, v) for u, (_, v, _) in docs.items() if u != uri))
-        key = (others, tuple(sorted((p, len(t)) for p, t in self._changed.items())), id(self._changed))
+        key: tuple[object, ...] = others  # a file changed on disk resets self._overlay (file_changed)
         if self._overlay is None or self._overlay[0] != key:
             open_paths = {p for p, _, _ in docs.values()}
             segments = [tok.encode(docs[u][2]) for u, _ in others]
