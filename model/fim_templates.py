@@ -32,6 +32,7 @@ class FimTemplate:
     # the text around the markers in the codellama layout: "<PRE> " + P + " <SUF>" + S + " <MID>"
     prefix_pad: str = ""
     suffix_pad: str = ""
+    middle_pad: str = ""
     # repository context (Qwen2.5-Coder: "<|repo_name|>name\n<|file_sep|>path\ncontent\n...")
     repo_name: str | None = None
     file_sep: str | None = None
@@ -40,7 +41,8 @@ class FimTemplate:
         """The raw text prompt for a server that is sent it verbatim."""
         if self.spm:
             return f"{self.suffix}{suffix}{self.prefix}{self.prefix_pad}{prefix}{self.middle}"
-        return f"{self.prefix}{self.prefix_pad}{prefix}{self.suffix_pad}{self.suffix}{suffix}{self.middle}"
+        return (f"{self.prefix}{self.prefix_pad}{prefix}{self.suffix_pad}{self.suffix}{suffix}"
+                f"{self.middle_pad}{self.middle}")
 
     def markers(self) -> tuple[str, ...]:
         """Every special string of the template, for tokenizers that must know them."""
@@ -75,7 +77,7 @@ TEMPLATES: dict[str, FimTemplate] = {
         FimTemplate("starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>",
                     stops=("<|endoftext|>", "<file_sep>", "<fim_prefix>")),
         FimTemplate("codellama", "<PRE>", "<SUF>", "<MID>", stops=("<EOT>", "</s>"),
-                    prefix_pad=" ", suffix_pad=" "),
+                    prefix_pad=" ", suffix_pad=" ", middle_pad=" "),
     )
 }
 TEMPLATE_NAMES = ("auto", *TEMPLATES, "none")
