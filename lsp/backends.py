@@ -226,7 +226,8 @@ class FakeBackend:
 
 
 class RemoteBackend:
-    """A team server (our API, OpenAI-compatible, or llama.cpp) through RemoteClient.
+    """A team server (our API, OpenAI-compatible with a family's FIM template, llama.cpp or Ollama)
+    through RemoteClient.
 
     When the server cannot be reached and `fallback` is given (setting `remote.fallbackLocal`),
     the request is answered by that backend instead, started only on the first failure.
@@ -257,8 +258,9 @@ class RemoteBackend:
             from codeassist.remote.client import RemoteClient, RemoteSettings
 
             c = self.config
-            self._client = RemoteClient(RemoteSettings(url=c.url, api=c.api, api_key=c.api_key,
-                                                       model=c.model, timeout_ms=c.timeout_ms), self.transport)
+            self._client = RemoteClient(RemoteSettings(url=c.url, api=c.api, api_key=c.api_key, model=c.model,
+                                                       timeout_ms=c.timeout_ms, template=c.template),
+                                        self.transport)
         return self._client
 
     async def complete(self, request: CompletionRequest) -> BackendResult:

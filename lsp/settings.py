@@ -10,15 +10,20 @@ import fnmatch
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from codeassist.model.fim_templates import TEMPLATE_NAMES
+
 
 @dataclass(frozen=True)
 class RemoteConfig:
     url: str = ""
-    api: str = "codeassist"  # codeassist | openai | llamacpp
+    api: str = "codeassist"  # codeassist | openai | llamacpp | ollama
     api_key: str | None = None
     model: str | None = None
     timeout_ms: int = 2000
     fallback_local: bool = False  # answer with the in-process model while the server is unreachable
+    # the FIM template of the openai dialect (and the extra stops of ollama): auto is the family the
+    # model's name says, else none (prompt + OpenAI `suffix` field); see model/fim_templates.py
+    template: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,8 @@ class Settings:
 
 
 _CHOICES = {"backend": ("local", "remote"), "multiline": ("auto", "always", "never"),
-            "remote.api": ("codeassist", "openai", "llamacpp"), "device": None}
+            "remote.api": ("codeassist", "openai", "llamacpp", "ollama"), "remote.template": TEMPLATE_NAMES,
+            "device": None}
 _KEYS: dict[str, tuple[str, type]] = {
     "backend": ("backend", str), "model": ("model", str), "device": ("device", str),
     "maxTokens": ("max_tokens", int), "temperature": ("temperature", float),
@@ -67,7 +73,7 @@ _KEYS: dict[str, tuple[str, type]] = {
 _REMOTE_KEYS: dict[str, tuple[str, type]] = {
     "remote.url": ("url", str), "remote.api": ("api", str), "remote.apiKey": ("api_key", str),
     "remote.model": ("model", str), "remote.timeoutMs": ("timeout_ms", int),
-    "remote.fallbackLocal": ("fallback_local", bool),
+    "remote.fallbackLocal": ("fallback_local", bool), "remote.template": ("template", str),
 }
 _RANGES = {"max_tokens": (1, 512), "temperature": (0.0, 2.0), "debounce_ms": (0, 2000),
            "max_prompt_tokens": (16, 8192), "open_files": (0, 32), "time_budget_ms": (50, 30000),
@@ -95,7 +101,8 @@ def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, li
         parsed = _coerce(value, kind)
         choices = _CHOICES.get(key)
         if parsed is None or (choices and parsed not in choices) or not _in_range(name, parsed):
-            warnings.append(f"codeassist.{key} has an invalid value {value!r}; the default is kept")
+            use = f" (use {', '.join(choices)})" if choices else ""
+            warnings.append(f"codeassist.{key} has an invalid value {value!r}{use}; the default is kept")
             continue
         target[name] = parsed
     if remote:

@@ -1,12 +1,23 @@
 """The HTTP client of the language server's remote backend (lsp/backends.py imports it lazily).
 
-One call, `complete(prefix, suffix, ...)`, spoken in one of three dialects:
+One call, `complete(prefix, suffix, ...)`, spoken in one of four dialects:
 - "codeassist": our server's /v1/completions, asking it to fit the prompt to its context
   (`truncate_prompt_tokens: -1`, so an editor's window never earns a 400);
-- "openai": any OpenAI-compatible /v1/completions (vLLM, TGI, llama.cpp, Ollama);
-- "llamacpp": llama.cpp's /infill.
-Every call has a deadline (timeout_ms); cancelling the awaiting task cancels the HTTP request.
-Failures raise RemoteError, whose str() is one sentence for the status line.
+- "openai": any OpenAI-compatible /v1/completions (vLLM, TGI, llama.cpp's server). With a FIM
+  template (`remote.template`, model/fim_templates.py) the prompt is the family's raw FIM text and
+  no `suffix` field is sent (vLLM and TGI refuse it); with template "none" the suffix goes in the
+  OpenAI `suffix` field, for servers that implement it;
+- "llamacpp": llama.cpp's /infill (the server applies the model's FIM tokens);
+- "ollama": Ollama's /api/generate with `suffix` (Ollama applies the model's own template).
+
+Stops always hold: every stop string is sent, and the answer is also cut at the first one here,
+since a server may ignore some. A server that refuses the list (OpenAI's and TGI's limit is 4;
+ours too) is asked again at once with the first four, and this client remembers the limit.
+
+Every request carries `X-Codeassist-Session`, one id per language-server process, so a team
+server behind a load balancer can route one editor's keystrokes to the replica that holds its
+prefix cache. Every call has a deadline (timeout_ms); cancelling the awaiting task cancels the
+HTTP request. Failures raise RemoteError, whose str() is one sentence for the status line.
 
 A busy server (429, or 503 while it loads or drains) says in Retry-After how long to stay away.
 An editor asks on every keystroke, so the client honours it: until then every call fails at
@@ -19,49 +30,81 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
-__all__ = ["APIS", "RemoteClient", "RemoteError", "RemoteSettings"]
+from codeassist.model.fim_templates import TEMPLATE_NAMES, FimTemplate, for_model_name, get_template
 
-APIS = ("codeassist", "openai", "llamacpp")
-MAX_OPENAI_STOPS = 4  # OpenAI's limit; servers that follow it refuse more
+__all__ = ["APIS", "SESSION_HEADER", "SESSION_ID", "RemoteClient", "RemoteError", "RemoteSettings",
+           "resolve_template", "trim_at_stops"]
+
+APIS = ("codeassist", "openai", "llamacpp", "ollama")
+LIMITED_STOPS = 4  # OpenAI's and TGI's limit: asked again with this many when a server refuses more
 MAX_RETRY_AFTER_S = 600  # a longer Retry-After is capped: a misconfigured server must not mute us for hours
+SESSION_HEADER = "X-Codeassist-Session"
+SESSION_ID = uuid.uuid4().hex  # one editor session: made once per language-server process
 
 
 @dataclass(frozen=True)
 class RemoteSettings:
     url: str
-    api: str = "codeassist"  # "codeassist" | "openai" | "llamacpp"
+    api: str = "codeassist"  # "codeassist" | "openai" | "llamacpp" | "ollama"
     api_key: str | None = None
     model: str | None = None
     timeout_ms: int = 2000
+    template: str = "auto"  # FIM template of the openai dialect: auto (from model) | a family | none
 
     def __repr__(self) -> str:  # the key stays out of logs
         return (f"RemoteSettings(url={self.url!r}, api={self.api!r}, api_key={'***' if self.api_key else None}, "
-                f"model={self.model!r}, timeout_ms={self.timeout_ms})")
+                f"model={self.model!r}, timeout_ms={self.timeout_ms}, template={self.template!r})")
 
 
 class RemoteError(Exception):
     """The remote server could not give a completion; str() is one sentence."""
 
 
+def resolve_template(name: str, model: str | None) -> FimTemplate | None:
+    """The FIM template a setting names: `auto` is the family `model`'s name says (None: none)."""
+    if name == "none":
+        return None
+    if name == "auto":
+        return for_model_name(model or "")
+    if name not in TEMPLATE_NAMES:
+        raise RemoteError(f"unknown FIM template {name!r}; use {', '.join(TEMPLATE_NAMES)}")
+    return get_template(name)
+
+
+def trim_at_stops(text: str, stops: Sequence[str]) -> str:
+    """The text before the first occurrence of any stop string (the text itself if none occurs)."""
+    cut = min((i for s in stops if s and (i := text.find(s)) >= 0), default=len(text))
+    return text[:cut]
+
+
 class RemoteClient:
     def __init__(self, settings: RemoteSettings, transport: httpx.AsyncBaseTransport | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if settings.api not in APIS:
-            raise RemoteError(f"unknown remote API {settings.api!r}; use codeassist, openai or llamacpp")
+            raise RemoteError(f"unknown remote API {settings.api!r}; use {', '.join(APIS)}")
         if not settings.url.startswith(("http://", "https://")):
             raise RemoteError(f"the remote URL {settings.url!r} must start with http:// or https://")
+        if settings.api == "ollama" and not settings.model:
+            raise RemoteError("the ollama API needs codeassist.remote.model, the name Ollama serves "
+                              "(for example qwen2.5-coder:1.5b-base)")
         self.settings = settings
+        # our server and llama.cpp's /infill build the FIM prompt themselves; Ollama from its Modelfile
+        self.template = resolve_template(settings.template, settings.model) \
+            if settings.api in ("openai", "ollama") else None
         base = settings.url.rstrip("/")
         if base.endswith("/v1"):  # people paste OpenAI base URLs
             base = base[:-3]
-        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        headers = {SESSION_HEADER: SESSION_ID}
+        if settings.api_key:
+            headers["Authorization"] = f"Bearer {settings.api_key}"
         seconds = max(settings.timeout_ms, 1) / 1000
         self._timeout_s = seconds
         self._http = httpx.AsyncClient(base_url=base, headers=headers, transport=transport,
@@ -70,39 +113,53 @@ class RemoteClient:
         self._clock = clock
         self._retry_at = -math.inf  # clock() before which the server asked not to be called ...
         self._busy = ""  # ... and what it said
+        self._max_stops: int | None = None  # set once the server refused a longer stop list
 
     async def complete(self, prefix: str, suffix: str, *, max_tokens: int, temperature: float,
                        stop: list[str]) -> str:
         wait_s = self._retry_at - self._clock()
         if wait_s > 0:
             raise RemoteError(f"{self._busy}; next try in {math.ceil(wait_s)} s")
-        path, body = self._request(prefix, suffix, max_tokens, temperature, stop)
+        stops = list(dict.fromkeys([*stop, *(self.template.stops if self.template else ())]))
+        deadline = time.monotonic() + self._timeout_s  # one deadline for the call, a retry included
+        response = await self._post(prefix, suffix, max_tokens, temperature, stops, deadline)
+        if self._max_stops is None and len(stops) > LIMITED_STOPS and _refuses_stops(response):
+            self._max_stops = LIMITED_STOPS  # this server's limit; the rest are applied here
+            response = await self._post(prefix, suffix, max_tokens, temperature, stops, deadline)
+        return trim_at_stops(self._parse(response), stops)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _post(self, prefix: str, suffix: str, max_tokens: int, temperature: float, stops: list[str],
+                    deadline: float) -> httpx.Response:
+        sent = stops[:self._max_stops] if self._max_stops is not None else stops
+        path, body = self._request(prefix, suffix, max_tokens, temperature, sent)
         try:
-            async with asyncio.timeout(self._timeout_s):
-                response = await self._http.post(path, json=body)
-        except TimeoutError:
-            raise RemoteError(f"the completion server at {self.settings.url} did not answer within "
-                              f"{self.settings.timeout_ms} ms") from None
-        except httpx.TimeoutException:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                return await self._http.post(path, json=body)
+        except (TimeoutError, httpx.TimeoutException):
             raise RemoteError(f"the completion server at {self.settings.url} did not answer within "
                               f"{self.settings.timeout_ms} ms") from None
         except httpx.HTTPError as exc:
             raise RemoteError(f"cannot reach the completion server at {self.settings.url} "
                               f"({type(exc).__name__})") from None
-        return self._parse(response)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     def _request(self, prefix: str, suffix: str, max_tokens: int, temperature: float,
                  stop: list[str]) -> tuple[str, dict[str, Any]]:
         s = self.settings
         if s.api == "llamacpp":
             return "/infill", {"input_prefix": prefix, "input_suffix": suffix, "n_predict": max_tokens,
-                               "temperature": temperature, "stop": list(stop), "cache_prompt": True}
+                               "temperature": temperature, "stop": stop, "cache_prompt": True}
+        if s.api == "ollama":
+            return "/api/generate", {"model": s.model, "prompt": prefix, "suffix": suffix, "stream": False,
+                                     "raw": False, "options": {"num_predict": max_tokens,
+                                                               "temperature": temperature, "stop": stop}}
         body: dict[str, Any] = {"prompt": prefix, "max_tokens": max_tokens, "temperature": temperature,
-                                "stop": list(stop)[:MAX_OPENAI_STOPS] or None}
-        if suffix:
+                                "stop": stop or None}
+        if self.template is not None:
+            body["prompt"] = self.template.build(prefix, suffix)  # no suffix field: vLLM and TGI refuse it
+        elif suffix:
             body["suffix"] = suffix
         if s.model:
             body["model"] = s.model
@@ -122,10 +179,21 @@ class RemoteClient:
             data = response.json()
             if self.settings.api == "llamacpp":
                 return str(data["content"])
+            if self.settings.api == "ollama":
+                return str(data["response"])
             return str(data["choices"][0]["text"])
         except (ValueError, KeyError, IndexError, TypeError):
             raise RemoteError(f"the completion server at {self.settings.url} sent an answer that is not "
                               f"a {self.settings.api} completion") from None
+
+
+def _refuses_stops(response: httpx.Response) -> bool:
+    """A 400 (OpenAI, ours) or 422 (TGI's validation) whose error is about the stop list."""
+    if response.status_code not in (400, 422):
+        return False
+    error = _error_payload(response)
+    param = error.get("param") if isinstance(error, dict) else None
+    return param == "stop" or "stop" in _error_message(response).lower()
 
 
 def retry_after_s(response: httpx.Response) -> float | None:
@@ -140,17 +208,24 @@ def retry_after_s(response: httpx.Response) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S) if math.isfinite(seconds) else None
 
 
+def _error_payload(response: httpx.Response) -> Any:
+    """The error of an OpenAI-style ({"error": {"message", "param"}}), TGI or Ollama ({"error": "..."})
+    or FastAPI ({"detail": ...}) body; "" when there is none."""
+    try:
+        payload = response.json()
+    except (ValueError, json.JSONDecodeError):
+        return ""
+    return payload.get("error", payload.get("detail", "")) if isinstance(payload, dict) else ""
+
+
+def _error_message(response: httpx.Response) -> str:
+    err = _error_payload(response)
+    return str(err.get("message", "")) if isinstance(err, dict) else str(err)
+
+
 def _describe_status(response: httpx.Response, url: str) -> str:
     if response.status_code == 401:
         return f"the completion server at {url} refused the API key (401)"
-    message = ""
-    try:
-        payload = response.json()
-        if isinstance(payload, dict):
-            err = payload.get("error", payload.get("detail", ""))
-            message = str(err.get("message", "")) if isinstance(err, dict) else str(err)
-    except (ValueError, json.JSONDecodeError):
-        pass
-    message = " ".join(message.split())[:200].rstrip(".")
+    message = " ".join(_error_message(response).split())[:200].rstrip(".")
     suffix = f": {message}" if message else ""
     return f"the completion server at {url} answered {response.status_code}{suffix}"

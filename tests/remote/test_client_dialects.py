@@ -1,0 +1,305 @@
+"""Each remote dialect against a real HTTP server on 127.0.0.1 that checks the exact request:
+path, JSON body, headers (the session id for affinity, the API key), and answers as that server
+family does. The FIM templates are checked byte for byte against the model cards."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from codeassist.model.fim_templates import TEMPLATES
+from codeassist.remote.client import (
+    SESSION_HEADER,
+    SESSION_ID,
+    RemoteClient,
+    RemoteError,
+    RemoteSettings,
+    resolve_template,
+    trim_at_stops,
+)
+
+PREFIX = "def area(r):\n    return "
+SUFFIX = "\n\nprint(area(2))\n"
+LINE_STOPS = ["\n"]
+BLOCK_STOPS = ["\n\n\n", "\ndef ", "\nclass ", "\nif __name__", "\n@", "print(area(2))"]  # as lsp/pipeline
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class FakeServer:
+    """Records every request; `answer(seen)` gives (status, JSON) for it."""
+
+    answer: Callable[[Seen], tuple[int, Any]]
+    seen: list[Seen] = field(default_factory=list)
+    url: str = ""
+
+
+@pytest.fixture
+def fake() -> Iterator[Callable[[Callable[[Seen], tuple[int, Any]]], FakeServer]]:
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(answer: Callable[[Seen], tuple[int, Any]]) -> FakeServer:
+        state = FakeServer(answer)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                seen = Seen("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, json.loads(raw))
+                state.seen.append(seen)
+                status, payload = state.answer(seen)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        state.url = f"http://127.0.0.1:{server.server_address[1]}"
+        return state
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def openai_answer(text: str) -> Callable[[Seen], tuple[int, Any]]:
+    return lambda seen: (200, {"id": "cmpl-1", "object": "text_completion", "model": "m",
+                               "choices": [{"index": 0, "text": text, "finish_reason": "stop"}]})
+
+
+async def ask(client: RemoteClient, stop: list[str] | None = None, suffix: str = SUFFIX) -> str:
+    try:
+        return await client.complete(PREFIX, suffix, max_tokens=16, temperature=0.0,
+                                     stop=LINE_STOPS if stop is None else stop)
+    finally:
+        await client.aclose()
+
+
+def assert_headers(seen: Seen, api_key: str | None = None) -> None:
+    assert seen.method == "POST"
+    assert seen.headers["content-type"] == "application/json"
+    assert seen.headers[SESSION_HEADER.lower()] == SESSION_ID
+    assert seen.headers.get("authorization") == (f"Bearer {api_key}" if api_key else None)
+
+
+# -- the templates, byte for byte as the model cards write them --------------------------------
+
+CARDS = {
+    "qwen": "<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>",  # Qwen2.5-Coder
+    "deepseek": "<｜fim▁begin｜>{prefix}<｜fim▁hole｜>{suffix}<｜fim▁end｜>",  # DeepSeek-Coder
+    "starcoder": "<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>",  # StarCoder
+    "codellama": "<PRE> {prefix} <SUF>{suffix} <MID>",  # Code Llama, as llama.cpp sends it
+}
+
+
+@pytest.mark.parametrize("name", sorted(CARDS))
+def test_each_template_builds_its_model_cards_prompt_byte_for_byte(name: str) -> None:
+    want = CARDS[name].format(prefix=PREFIX, suffix=SUFFIX)
+    assert TEMPLATES[name].build(PREFIX, SUFFIX).encode("utf-8") == want.encode("utf-8")
+
+
+def test_deepseek_markers_are_the_fullwidth_bar_and_the_lower_block() -> None:
+    # a look-alike ASCII '|' or '_' would tokenize as plain text on the model's side
+    assert TEMPLATES["deepseek"].prefix == "<\uff5cfim\u2581begin\uff5c>"
+    assert TEMPLATES["deepseek"].suffix == "<\uff5cfim\u2581hole\uff5c>"
+    assert TEMPLATES["deepseek"].middle == "<\uff5cfim\u2581end\uff5c>"
+
+
+@pytest.mark.parametrize(("setting", "model", "want"), [
+    ("auto", "Qwen/Qwen2.5-Coder-1.5B", "qwen"),
+    ("auto", "qwen2.5-coder:1.5b-base", "qwen"),
+    ("auto", "deepseek-ai/deepseek-coder-1.3b-base", "deepseek"),
+    ("auto", "bigcode/starcoder2-3b", "starcoder"),
+    ("auto", "codellama/CodeLlama-7b-hf", "codellama"),
+    ("auto", "my-model", None),
+    ("auto", None, None),
+    ("none", "Qwen/Qwen2.5-Coder-1.5B", None),
+    ("starcoder", "Qwen/Qwen2.5-Coder-1.5B", "starcoder"),
+])
+def test_auto_picks_the_family_the_served_name_says(setting: str, model: str | None, want: str | None) -> None:
+    got = resolve_template(setting, model)
+    assert (got.name if got else None) == want
+
+
+def test_trim_at_stops_cuts_at_the_earliest_stop() -> None:
+    assert trim_at_stops("a\nb<|endoftext|>c", ["<|endoftext|>", "\n"]) == "a"
+    assert trim_at_stops("abc", ["x", ""]) == "abc"
+
+
+# -- each dialect: the exact request -------------------------------------------------------------
+
+async def test_codeassist_dialect(fake) -> None:  # type: ignore[no-untyped-def]
+    server = fake(openai_answer("3.14 * r * r\nmore"))
+    client = RemoteClient(RemoteSettings(url=server.url, api_key="k-1", model="Qwen/Qwen2.5-Coder-1.5B"))
+    assert await ask(client) == "3.14 * r * r"  # the stop holds here too
+    (seen,) = server.seen
+    assert seen.path == "/v1/completions"
+    # our server builds its own FIM prompt: no template, even for a model name that says qwen
+    assert seen.body == {"prompt": PREFIX, "suffix": SUFFIX, "max_tokens": 16, "temperature": 0.0,
+                         "stop": ["\n"], "model": "Qwen/Qwen2.5-Coder-1.5B", "truncate_prompt_tokens": -1}
+    assert_headers(seen, "k-1")
+
+
+@pytest.mark.parametrize("template", ["qwen", "deepseek", "starcoder", "codellama"])
+async def test_openai_dialect_with_a_template_sends_the_raw_fim_prompt_and_no_suffix_field(
+        fake, template: str) -> None:  # type: ignore[no-untyped-def]
+    fim = TEMPLATES[template]
+    server = fake(openai_answer("3.14 * r * r" + fim.stops[0] + "junk"))
+    client = RemoteClient(RemoteSettings(url=server.url + "/v1", api="openai", model="served", template=template))
+    assert await ask(client) == "3.14 * r * r"  # cut at the template's stop here, whatever the server did
+    (seen,) = server.seen
+    assert seen.path == "/v1/completions"
+    assert seen.body == {"prompt": CARDS[template].format(prefix=PREFIX, suffix=SUFFIX), "max_tokens": 16,
+                         "temperature": 0.0, "stop": ["\n", *fim.stops], "model": "served"}
+    assert_headers(seen)
+
+
+async def test_openai_dialect_auto_template_from_the_model_name(fake) -> None:  # type: ignore[no-untyped-def]
+    server = fake(openai_answer("3.14"))
+    client = RemoteClient(RemoteSettings(url=server.url, api="openai", model="Qwen/Qwen2.5-Coder-0.5B"))
+    assert await ask(client) == "3.14"
+    assert server.seen[0].body["prompt"] == f"<|fim_prefix|>{PREFIX}<|fim_suffix|>{SUFFIX}<|fim_middle|>"
+    assert "suffix" not in server.seen[0].body
+
+
+async def test_openai_dialect_without_a_template_sends_the_suffix_field(fake) -> None:  # type: ignore[no-untyped-def]
+    server = fake(openai_answer("3.14"))
+    client = RemoteClient(RemoteSettings(url=server.url, api="openai", model="Qwen/Qwen2.5-Coder-1.5B",
+                                         template="none", api_key="sk-2"))
+    assert await ask(client) == "3.14"
+    (seen,) = server.seen
+    assert seen.path == "/v1/completions"
+    assert seen.body == {"prompt": PREFIX, "suffix": SUFFIX, "max_tokens": 16, "temperature": 0.0,
+                         "stop": ["\n"], "model": "Qwen/Qwen2.5-Coder-1.5B"}
+    assert_headers(seen, "sk-2")
+
+
+async def test_llamacpp_dialect_speaks_infill(fake) -> None:  # type: ignore[no-untyped-def]
+    server = fake(lambda seen: (200, {"content": "3.14 * r * r", "stop": True}))
+    client = RemoteClient(RemoteSettings(url=server.url, api="llamacpp", model="Qwen/Qwen2.5-Coder-1.5B"))
+    assert await ask(client, stop=BLOCK_STOPS) == "3.14 * r * r"
+    (seen,) = server.seen
+    assert seen.path == "/infill"
+    # llama.cpp applies the model's FIM tokens itself: no template, and its stop list has no limit
+    assert seen.body == {"input_prefix": PREFIX, "input_suffix": SUFFIX, "n_predict": 16, "temperature": 0.0,
+                         "stop": BLOCK_STOPS, "cache_prompt": True}
+    assert_headers(seen)
+
+
+async def test_ollama_dialect_speaks_api_generate_with_suffix(fake) -> None:  # type: ignore[no-untyped-def]
+    server = fake(lambda seen: (200, {"model": "qwen2.5-coder:1.5b-base", "response": "3.14 * r * r",
+                                      "done": True, "done_reason": "stop"}))
+    client = RemoteClient(RemoteSettings(url=server.url, api="ollama", model="qwen2.5-coder:1.5b-base",
+                                         api_key="o-3"))
+    assert await ask(client) == "3.14 * r * r"
+    (seen,) = server.seen
+    assert seen.path == "/api/generate"
+    # Ollama's template puts the suffix in place; the family's stops keep its markers out of the text
+    assert seen.body == {"model": "qwen2.5-coder:1.5b-base", "prompt": PREFIX, "suffix": SUFFIX,
+                         "stream": False, "raw": False,
+                         "options": {"num_predict": 16, "temperature": 0.0,
+                                     "stop": ["\n", *TEMPLATES["qwen"].stops]}}
+    assert_headers(seen, "o-3")
+
+
+async def test_ollama_without_a_model_name_is_one_sentence() -> None:
+    with pytest.raises(RemoteError, match=r"needs codeassist\.remote\.model") as err:
+        RemoteClient(RemoteSettings(url="http://127.0.0.1:11434", api="ollama"))
+    assert "\n" not in str(err.value)
+
+
+async def test_ollama_errors_are_one_sentence(fake) -> None:  # type: ignore[no-untyped-def]
+    server = fake(lambda seen: (404, {"error": "model 'qwen9' not found, try pulling it first"}))
+    client = RemoteClient(RemoteSettings(url=server.url, api="ollama", model="qwen9"))
+    with pytest.raises(RemoteError) as err:
+        await ask(client)
+    assert str(err.value) == (f"the completion server at {server.url} answered 404: "
+                              "model 'qwen9' not found, try pulling it first")
+
+
+# -- stops: never silently cut -------------------------------------------------------------------
+
+def refuse_long_stop_lists(seen: Seen) -> tuple[int, Any]:
+    if len(seen.body.get("stop") or []) > 4:  # as OpenAI and our own server answer
+        return 400, {"error": {"message": "stop takes at most 4 non-empty strings", "type": "invalid_request_error",
+                               "param": "stop", "code": None}}
+    return openai_answer("area = 3.14 * r * r\nprint(area(2))\nmore")(seen)
+
+
+@pytest.mark.parametrize("api", ["codeassist", "openai"])
+async def test_a_server_that_refuses_long_stop_lists_is_asked_again_with_four_and_the_rest_holds(
+        fake, api: str) -> None:  # type: ignore[no-untyped-def]
+    server = fake(refuse_long_stop_lists)
+    client = RemoteClient(RemoteSettings(url=server.url, api=api, template="none"))
+    try:
+        got = await client.complete(PREFIX, SUFFIX, max_tokens=16, temperature=0.0, stop=BLOCK_STOPS)
+        # the sixth stop (the next line of code) was not sent the second time, yet it holds
+        assert got == "area = 3.14 * r * r\n"
+        assert [s.body["stop"] for s in server.seen] == [BLOCK_STOPS, BLOCK_STOPS[:4]]
+        # the limit is remembered: the next call asks once
+        await client.complete(PREFIX, SUFFIX, max_tokens=16, temperature=0.0, stop=BLOCK_STOPS)
+        assert len(server.seen) == 3 and server.seen[2].body["stop"] == BLOCK_STOPS[:4]
+    finally:
+        await client.aclose()
+
+
+async def test_a_server_that_takes_long_stop_lists_gets_all_of_them(fake) -> None:  # type: ignore[no-untyped-def]
+    server = fake(openai_answer("area = 3.14 * r * r"))
+    client = RemoteClient(RemoteSettings(url=server.url, api="openai", model="Qwen/Qwen2.5-Coder-1.5B"))
+    await ask(client, stop=BLOCK_STOPS)
+    (seen,) = server.seen  # vLLM has no limit: one request with the block stops and Qwen's
+    assert seen.body["stop"] == [*BLOCK_STOPS, *TEMPLATES["qwen"].stops]
+
+
+async def test_a_refusal_about_something_else_is_not_retried(fake) -> None:  # type: ignore[no-untyped-def]
+    server = fake(lambda seen: (400, {"error": {"message": "max_tokens is too large", "param": "max_tokens"}}))
+    client = RemoteClient(RemoteSettings(url=server.url, api="openai", template="none"))
+    with pytest.raises(RemoteError, match="max_tokens is too large"):
+        await ask(client, stop=BLOCK_STOPS)
+    assert len(server.seen) == 1
+
+
+# -- the session id: one per language-server process ---------------------------------------------
+
+async def test_every_dialect_sends_the_same_session_id(fake) -> None:  # type: ignore[no-untyped-def]
+    server = fake(lambda seen: (200, {"choices": [{"text": "x"}], "content": "x", "response": "x"}))
+    for api in ("codeassist", "openai", "llamacpp", "ollama"):
+        await ask(RemoteClient(RemoteSettings(url=server.url, api=api, model="m")))
+    assert {s.headers[SESSION_HEADER.lower()] for s in server.seen} == {SESSION_ID}
+    assert re.fullmatch(r"[0-9a-f]{32}", SESSION_ID)
+
+
+def test_each_process_has_its_own_session_id() -> None:
+    code = "from codeassist.remote.client import SESSION_ID; print(SESSION_ID)"
+    ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          check=True).stdout.strip() for _ in range(2)}
+    assert len(ids | {SESSION_ID}) == 3
+
+
+def test_unknown_template_is_one_sentence() -> None:
+    with pytest.raises(RemoteError, match="unknown FIM template 'llama'") as err:
+        RemoteClient(RemoteSettings(url="http://x", api="openai", template="llama"))
+    assert "\n" not in str(err.value)
