@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from codeassist.remote.session import HEADER, RecentSessions, session_id
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -24,6 +28,7 @@ class ServerMetrics:
         self.per_token = Histogram("codeassist_time_per_output_token_seconds",
                                    "Mean time between output tokens of a sequence after the first.",
                                    buckets=_TOKEN_BUCKETS, registry=r)
+        # the autoscaler's signal (deploy/k8s/prometheus-adapter.yaml): a growing queue is what users feel
         self.queued = Gauge("codeassist_requests_queued", "Sequences waiting for a batch slot.", registry=r)
         self.running = Gauge("codeassist_requests_running", "Sequences in the running batch.", registry=r)
         self.rejected = Counter("codeassist_requests_rejected_total",
@@ -46,6 +51,25 @@ class ServerMetrics:
         self.cache_evictions = Counter("codeassist_prefix_cache_evictions_total",
                                        "Entries evicted from the prefix cache for room.", registry=r)
         self.cache_bytes = Gauge("codeassist_prefix_cache_bytes", "Bytes held by the prefix cache.", registry=r)
+
+        self.session_requests = Counter(
+            "codeassist_session_requests_total",
+            "Completion requests by their X-Codeassist-Session header: valid, ignored (malformed) or absent.",
+            ["header"], registry=r)
+        self.recent_sessions = RecentSessions()
+        self.sessions = Gauge("codeassist_sessions_recent",
+                              "Distinct editor sessions seen in the last 5 minutes (affinity: replicas' "
+                              "counts add up to the users).", registry=r)
+        self.sessions.set_function(self.recent_sessions.count)
+
+    def note_session(self, headers: Mapping[str, str]) -> str | None:
+        """The request's session id (None if absent or malformed), counted."""
+        sid = session_id(headers)
+        kind = "valid" if sid else "absent" if headers.get(HEADER) is None else "ignored"
+        self.session_requests.labels(header=kind).inc()
+        if sid:
+            self.recent_sessions.see(sid)
+        return sid
 
     def reject(self, reason: str) -> None:
         self.rejected.labels(reason=reason).inc()

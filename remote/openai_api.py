@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from codeassist.model.sampling import SamplingParams
+from codeassist.remote import session
 from codeassist.remote.app import ServerState, server_state
 from codeassist.remote.errors import APIError, error_body
 from codeassist.remote.generation import Ask, cancel_on_disconnect, collect, deadline_after, plan_jobs, submit
@@ -73,6 +74,7 @@ def to_ask(body: CompletionRequest, state: ServerState) -> Ask:
 @router.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request) -> Response | CompletionResponse:
     state = server_state(request)
+    session.note(request, state.metrics)  # carried for routing (deploy/), logged and counted here
     if not state.loaded:
         raise APIError(503, "the model is not loaded yet", code="not_ready", headers={"Retry-After": "5"})
     ask = to_ask(body, state)

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 
 from codeassist.model.completion import DEFAULT_STOPS
 from codeassist.model.sampling import SamplingParams
+from codeassist.remote import session
 from codeassist.remote.app import server_state
 from codeassist.remote.errors import APIError
 from codeassist.remote.generation import Ask, cancel_on_disconnect, collect, deadline_after, plan_jobs, submit
@@ -28,6 +29,7 @@ def seed_stops(suffix: str) -> tuple[str, ...]:
 @router.post("/complete")
 async def complete(body: CompleteRequest, request: Request) -> CompleteResponse:
     state = server_state(request)
+    session.note(request, state.metrics)  # carried for routing (deploy/), logged and counted here
     if not state.loaded:
         raise APIError(503, "the model is not loaded yet", code="not_ready", headers={"Retry-After": "5"})
     ask = Ask(prefix=body.code, suffix=body.suffix, max_tokens=body.max_tokens,
