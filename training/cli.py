@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 
+DEFAULT_TIME_BUDGET_S = 30 * 60.0  # `codeassist train` without --time-budget or --max-iters
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
 
 
@@ -33,6 +34,22 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
+def _share(text: str) -> float:
+    """A number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 0 and below 1")
+    return value
+
+
+def _fim_rate(text: str) -> float:
+    value = 1.0 if text.strip() in ("1", "1.0") else _share(text)
     return value
 
 
@@ -81,11 +98,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     adv.add_argument("--device", default="auto", help="auto, cpu or cuda")
     adv.add_argument("--threads", type=_positive, default=None, help="torch threads per process")
     adv.add_argument("--no-progress", action="store_true", help="no progress bar")
+    lev = p.add_argument_group("levers against memorising a small project (off by default)")
+    lev.add_argument("--replay", type=_share, default=0.0, metavar="R",
+                     help="share of each step's sequences taken from the standard library (e.g. 0.25)")
+    lev.add_argument("--early-stop", type=_positive, default=0, metavar="P",
+                     help="hold out a few files as a check, measure it every --eval-interval steps, stop "
+                          "after P checks without a new best and keep the best weights")
+    lev.add_argument("--dropout", type=_share, default=0.0, metavar="P", help="dropout while training")
+    lev.add_argument("--fim-rate", type=_fim_rate, default=None, metavar="R",
+                     help="share of training samples in fill-in-the-middle order (default 0.5)")
+    lev.add_argument("--warmup", type=_positive, default=None, metavar="N",
+                     help="learning-rate warm-up steps (default: a tenth of the steps, at most 50)")
 
 
 def run(args: argparse.Namespace) -> int:
     from codeassist.cli.errors import UserError
     from codeassist.training import finetune
+    from codeassist.training.fim import FIM_RATE
 
     if args.rollback:
         print(finetune.rollback(args.out))
@@ -98,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     time_budget = args.time_budget
     if time_budget is None and args.max_iters is None:
-        time_budget = 30 * 60.0
+        time_budget = DEFAULT_TIME_BUDGET_S
     opts = finetune.FinetuneOptions(
         paths=tuple(args.paths), out=args.out, init_from=args.init_from, preset=args.preset,
         time_budget_s=time_budget, max_iters=args.max_iters, max_epochs=args.max_epochs,
@@ -107,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, micro_batch=args.micro_batch, seq_len=args.seq_len, lr=args.lr,
         precision=args.precision, eval_interval=args.eval_interval, ckpt_interval=args.ckpt_interval,
         keep_checkpoints=args.keep_checkpoints, gate_lines=args.gate_lines, seed=args.seed,
-        workers=args.workers, device=args.device, progress=not args.no_progress)
+        workers=args.workers, device=args.device, progress=not args.no_progress,
+        replay=args.replay, early_stop=args.early_stop, dropout=args.dropout,
+        fim_rate=FIM_RATE if args.fim_rate is None else args.fim_rate, warmup_iters=args.warmup)
     try:
         return finetune.run_finetune(opts)
     except (ValueError, FileNotFoundError) as exc:

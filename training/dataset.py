@@ -5,6 +5,13 @@ order; at least one file is held out when there are two or more. Validation is t
 FIM (its loss is plain left-to-right perplexity) and its cleaned texts are kept in
 `val_files.jsonl` for the gate's line-completion test. The manifest holds each shard's sha256
 and a `data_id` that a resume checks.
+
+Two optional shards serve the levers against memorisation (issue 20):
+- `check`: a few more of the project's files, held out from training and apart from the gate's,
+  for early stopping (so the run never chooses its weights on the lines the gate then scores);
+- `replay`: general code mixed into training against forgetting: files of the standard library
+  (on every user's machine; its training part, never the files gate_default holds out), a seeded
+  sample of about replay_ratio / (1 - replay_ratio) times the project's training text.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ VAL_FILES = "val_files.jsonl"
 # would with FIM applied on the fly, and the data stays fixed on disk for an exact resume.
 MAX_FIM_PASSES = 8
 FIM_PASS_CHARS = 16_000_000
+CHECK_FRACTION = 0.05  # of the training files, held out for the early stop's check
+MIN_CHECK_FILES = 2
+REPLAY_MIN_CHARS = 500_000  # the replay sample: at least this much text (it is read in order and
+REPLAY_MAX_CHARS = 6_000_000  # wraps round), at most this much (tokenizing it takes time)
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,8 @@ class Dataset:
     train_files: int
     val_files: int
     passes: int = 1  # FIM passes over the training files
+    check_tokens: int = 0  # the early stop's check split; 0: none
+    replay_tokens: int = 0  # the replay shard; 0: none
 
 
 def _path_hash(path: str) -> int:
@@ -59,6 +72,36 @@ def split_files(files: Sequence[SourceFile], val_fraction: float = VAL_FRACTION
         val.remove(pick)
         train = [pick]
     return train, val
+
+
+def split_check(train: Sequence[SourceFile], fraction: float = CHECK_FRACTION
+                ) -> tuple[list[SourceFile], list[SourceFile]]:
+    """(training files, check files): the check files chosen by a hash of the path salted apart
+    from the validation split's; at least MIN_CHECK_FILES while a file or more stays to train on."""
+    key = {f.path: _path_hash("check:" + f.path) for f in train}
+    check = [f for f in train if key[f.path] / 2**64 < fraction]
+    want = min(MIN_CHECK_FILES, len(train) - 1)
+    if len(check) < want:
+        check = sorted(train, key=lambda f: key[f.path])[:want]
+    names = {f.path for f in check}
+    return [f for f in train if f.path not in names], [f for f in train if f.path in names]
+
+
+def replay_documents(target_chars: int, seed: int) -> list[Document]:
+    """A seeded sample of the standard library's training files, about `target_chars` of text."""
+    import random
+
+    from codeassist.training.stdlib import split_documents, stdlib_documents
+
+    docs, _ = split_documents(stdlib_documents())
+    random.Random(f"replay:{seed}").shuffle(docs)
+    out, chars = [], 0
+    for d in docs:
+        if chars >= target_chars:
+            break
+        out.append(d)
+        chars += len(d.text)
+    return out
 
 
 def _docs(files: Sequence[SourceFile]) -> list[Document]:
@@ -85,22 +128,40 @@ def fim_passes(train: Sequence[SourceFile], fim_rate: float = FIM_RATE) -> int:
 
 def build_dataset(files: Sequence[SourceFile], out_dir: Path, seed: int = 0,
                   val_fraction: float = VAL_FRACTION, fim_rate: float = FIM_RATE, workers: int = 2,
-                  progress: bool = False, source: str = "", passes: int | None = None) -> Dataset:
+                  progress: bool = False, source: str = "", passes: int | None = None,
+                  check: bool = False, replay_ratio: float = 0.0,
+                  replay: Sequence[Document] | None = None) -> Dataset:
     """Write out_dir/{train,val}.bin, val_files.jsonl and manifest.json; deterministic in `files`.
 
-    `passes`: FIM passes over the training files; by default `fim_passes(train)`.
+    `passes`: FIM passes over the training files; by default `fim_passes(train)`. `check`: hold
+    out the early stop's check split (check.bin). `replay_ratio` > 0: write replay.bin from
+    `replay` (by default a sample of the standard library sized for that ratio).
     """
     train, val = split_files(files, val_fraction)
+    checked: list[SourceFile] = []
+    if check:
+        train, checked = split_check(train)
+        if not checked:
+            raise ValueError("there are too few files to hold out a check split for early stopping")
     if not train:
         raise ValueError("no source files to train on")
+    n_passes = fim_passes(train, fim_rate) if passes is None else passes
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = {
         "train": write_split(_docs(train), out_dir, "train", seed=seed, fim_rate=fim_rate,
-                             workers=workers, progress=progress,
-                             passes=fim_passes(train, fim_rate) if passes is None else passes),
+                             workers=workers, progress=progress, passes=n_passes),
         "val": write_split(_docs(val), out_dir, "val", seed=seed, fim_rate=0.0, workers=workers,
                            progress=progress),
     }
+    if checked:
+        entries["check"] = write_split(_docs(checked), out_dir, "check", seed=seed, fim_rate=0.0,
+                                       workers=workers, progress=progress)
+    if replay_ratio > 0:
+        if replay is None:
+            share = replay_ratio / (1 - replay_ratio) * sum(len(f.text) for f in train) * n_passes
+            replay = replay_documents(int(min(REPLAY_MAX_CHARS, max(REPLAY_MIN_CHARS, share))), seed)
+        entries["replay"] = write_split(list(replay), out_dir, "replay", seed=seed, fim_rate=fim_rate,
+                                        workers=workers, progress=progress)
     tmp = out_dir / (VAL_FILES + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         for f in val:
@@ -113,7 +174,8 @@ def build_dataset(files: Sequence[SourceFile], out_dir: Path, seed: int = 0,
                                       "languages": languages, "source": source})
     return Dataset(folder=out_dir, data_id=data_id, train_tokens=_int(entries["train"]["tokens"]),
                    val_tokens=_int(entries["val"]["tokens"]), train_files=len(train), val_files=len(val),
-                   passes=_int(entries["train"]["passes"]))
+                   passes=_int(entries["train"]["passes"]), check_tokens=_split_tokens(entries, "check"),
+                   replay_tokens=_split_tokens(entries, "replay"))
 
 
 def read_dataset(out_dir: Path) -> Dataset:
@@ -121,7 +183,12 @@ def read_dataset(out_dir: Path) -> Dataset:
     splits: dict[str, dict[str, object]] = m["splits"]  # type: ignore[assignment]
     return Dataset(folder=out_dir, data_id=str(m["data_id"]), train_tokens=_int(splits["train"]["tokens"]),
                    val_tokens=_int(splits["val"]["tokens"]), train_files=_int(splits["train"]["documents"]),
-                   val_files=_int(splits["val"]["documents"]), passes=_int(splits["train"].get("passes", 1)))
+                   val_files=_int(splits["val"]["documents"]), passes=_int(splits["train"].get("passes", 1)),
+                   check_tokens=_split_tokens(splits, "check"), replay_tokens=_split_tokens(splits, "replay"))
+
+
+def _split_tokens(entries: dict[str, dict[str, object]], name: str) -> int:
+    return _int(entries[name]["tokens"]) if name in entries else 0
 
 
 def read_val_files(out_dir: Path) -> list[SourceFile]:

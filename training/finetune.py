@@ -8,6 +8,7 @@ curve. The user's model is <data dir>/models/<name>.safetensors; the one it repl
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -27,6 +28,7 @@ from codeassist.model.store import data_dir, named_model_path, resolve_model
 from codeassist.training import ddp
 from codeassist.training.collect import collect, format_report
 from codeassist.training.dataset import build_dataset, read_dataset, read_val_files
+from codeassist.training.fim import FIM_RATE
 from codeassist.training.loop import TrainConfig, build_model, train
 from codeassist.training.plot import save_loss_curve
 from codeassist.training.shards import load_split
@@ -66,6 +68,12 @@ class FinetuneOptions:
     workers: int = 2
     device: str = "auto"
     progress: bool = True
+    # levers against a small project's memorisation (issue 20); off until the benchmark shows a gain
+    replay: float = 0.0  # share of each step's sequences that is general code (the standard library)
+    early_stop: int = 0  # stop after this many checks (every eval_interval steps) without a new best; 0: off
+    dropout: float = 0.0
+    fim_rate: float = FIM_RATE
+    warmup_iters: int | None = None  # None: a tenth of the steps, at most 50
 
 
 def run_dir(name: str) -> Path:
@@ -131,11 +139,26 @@ def _train_config(opts: FinetuneOptions, model: GPT, train_tokens: int, world: i
                          f"times the {world} processes")
     lr = opts.lr if opts.lr is not None else default_lr(model, opts.init_from == "scratch")
     max_iters = opts.max_iters or epoch_iters(opts.max_epochs, train_tokens, opts.batch_size * seq)
+    warmup = opts.warmup_iters if opts.warmup_iters is not None else min(50, max(1, max_iters // 10))
     return TrainConfig(batch_size=micro, seq_len=seq, grad_accum=opts.batch_size // micro,
                        max_iters=max_iters, time_budget_s=opts.time_budget_s, lr=lr, min_lr=lr / 10,
-                       warmup_iters=min(50, max(1, max_iters // 10)),
+                       warmup_iters=max(1, warmup),
                        eval_interval=opts.eval_interval, eval_batches=4, ckpt_interval=opts.ckpt_interval,
-                       seed=opts.seed, autocast_bf16=use_bf16(opts.precision, device))
+                       seed=opts.seed, autocast_bf16=use_bf16(opts.precision, device),
+                       replay_ratio=opts.replay, early_stop_patience=opts.early_stop)
+
+
+def set_dropout(model: GPT, p: float) -> None:
+    """Train with dropout `p` (the attention's and every Dropout module's); the config records it,
+    so a resume checks it like the rest of the model's shape."""
+    from codeassist.model.gpt import CausalSelfAttention
+
+    model.config = dataclasses.replace(model.config, dropout=p)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = p
+        elif isinstance(m, CausalSelfAttention):
+            m.dropout = p
 
 
 class ProgressBar:
@@ -201,7 +224,8 @@ def _run(opts: FinetuneOptions, env: ddp.DistEnv, out: TextIO, confirm: Callable
             if not opts.resume:
                 shutil.rmtree(folder, ignore_errors=True)  # a new run starts clean
             build_dataset(result.files, data, seed=opts.seed, val_fraction=opts.val_fraction,
-                          workers=opts.workers, progress=opts.progress, source=", ".join(opts.paths))
+                          workers=opts.workers, progress=opts.progress, source=", ".join(opts.paths),
+                          fim_rate=opts.fim_rate, check=opts.early_stop > 0, replay_ratio=opts.replay)
     if env.is_distributed:
         ok = bool(ddp.all_reduce_sum(env, [1.0 if ok else 0.0])[0] > 0)
     if not ok:
@@ -209,11 +233,19 @@ def _run(opts: FinetuneOptions, env: ddp.DistEnv, out: TextIO, confirm: Callable
         return 1
     dataset = read_dataset(data)
     model, origin = load_init_model(opts.init_from, opts.preset, opts.seed)
+    set_dropout(model, opts.dropout)
     cfg = _train_config(opts, model, dataset.train_tokens, env.world_size, env.device)
     val = load_split(data, "val") if dataset.val_tokens > cfg.seq_len + 1 else None
+    check = load_split(data, "check") if dataset.check_tokens else None
+    if opts.early_stop and (check is None or len(check) < 3):
+        raise TrainError("the early stop's check files hold too little code; train without --early-stop")
+    replay = load_split(data, "replay") if dataset.replay_tokens else None
     passes = f", {dataset.passes} FIM passes" if dataset.passes > 1 else ""
     say(f"training {origin} on {dataset.train_tokens:,} tokens ({dataset.train_files} files{passes}; "
         f"{dataset.val_files} held out) with {env.world_size} process(es) on {env.device}")
+    if replay is not None:
+        say(f"{opts.replay:.0%} of each step is general code: {len(replay):,} tokens of the standard library, "
+            "against forgetting")
     if not opts.max_iters:
         steps = f"{cfg.max_iters:,} steps ({opts.max_epochs:g} passes over the data)"
         say(f"the run ends after {opts.time_budget_s / 60:g} minutes or {steps}, whichever comes first"
@@ -223,7 +255,7 @@ def _run(opts: FinetuneOptions, env: ddp.DistEnv, out: TextIO, confirm: Callable
         state = train(model, load_split(data, "train"), val, cfg, folder, env.device, resume=opts.resume,
                       provenance={"data": dataset.data_id, "init_from": origin, "source": list(opts.paths)},
                       on_progress=bar, data_id=dataset.data_id, dist=env,
-                      keep_checkpoints=opts.keep_checkpoints)
+                      keep_checkpoints=opts.keep_checkpoints, replay_data=replay, check_data=check)
     except KeyboardInterrupt:
         bar.close()
         say(f"interrupted; continue with: codeassist train {' '.join(opts.paths)} --out {opts.out} --resume")
@@ -236,11 +268,15 @@ def _run(opts: FinetuneOptions, env: ddp.DistEnv, out: TextIO, confirm: Callable
         say(no_chart)
     say(f"trained {state.step} steps, {state.tokens_seen:,} tokens in {state.elapsed_s:.0f} s; "
         f"last loss {state.losses[-1] if state.losses else math.nan:.3f}")
+    if state.best_loss is not None:
+        how = "stopped early: " if state.stopped_early else ""
+        say(f"{how}kept the weights of step {state.best_step}, the lowest check loss ({state.best_loss:.3f})")
     return _gate_and_install(opts, folder, data, out)
 
 
 def _gate_and_install(opts: FinetuneOptions, folder: Path, data: Path, out: TextIO) -> int:
-    from codeassist.training.gate import run_gate
+    from codeassist.training.gate import line_samples
+    from codeassist.training.verdict import closing_report, gate_with_verdict
 
     candidate = folder / "model.safetensors"
     current = _current_model(opts)
@@ -249,9 +285,10 @@ def _gate_and_install(opts: FinetuneOptions, folder: Path, data: Path, out: Text
         print(f"installed as {opts.out!r} ({named_model_path(opts.out)}); there was no model to compare with",
               file=out)
         return 0
-    result = run_gate(candidate, current, load_split(data, "val"), read_val_files(data), lines=opts.gate_lines,
-                      seed=opts.seed, device="cpu")
+    samples = line_samples(read_val_files(data), opts.gate_lines, opts.seed)
+    result, verdict = gate_with_verdict(candidate, current, load_split(data, "val"), samples, device="cpu")
     print(result.summary, file=out)
+    print(closing_report(result.better, verdict), file=out)
     if not result.better:
         print(f"kept your current model; the new one is at {candidate}", file=out)
         return 0

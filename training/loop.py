@@ -5,6 +5,15 @@ gradient accumulation, gradient clipping, bf16 autocast on CPU and CUDA when ask
 periodic evaluation on held-out files, and atomic checkpoints. Batch k is drawn from a
 generator seeded by (seed, k), so the data position after a resume is exact by construction;
 with dropout, each micro-batch's masks are seeded the same way, so they are too.
+
+Two levers against a small project's memorisation (issue 20), both off by default:
+- replay: a fixed share of each step's sequences is general code (a replay shard), read in order
+  from the position the state carries (`replay_seen`), so no replay window repeats before the
+  shard is used up and a resume continues where the run was;
+- early stopping: every eval_interval steps the loss on a held-out check split (files of the
+  project apart from the gate's) is measured; the best weights are kept in best.safetensors, the
+  run stops after `early_stop_patience` checks without a new best, and the model it writes is the
+  best one. The counters are in the state, so a resumed run stops where the whole run would.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from codeassist.model.checkpoint import save_model
+from codeassist.model.checkpoint import save_model, save_tensors_atomic
 from codeassist.model.config import ModelConfig
 from codeassist.model.gpt import GPT
 from codeassist.training.ddp import DistEnv, all_reduce_sum
@@ -53,6 +62,8 @@ class TrainConfig:
     seed: int = 1337
     autocast_bf16: bool = True
     max_bad_steps: int = 5  # non-finite losses in a row before the run stops
+    replay_ratio: float = 0.0  # share of each step's sequences taken from the replay shard
+    early_stop_patience: int = 0  # checks without a new best before the run stops; 0: off
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -77,6 +88,37 @@ def get_batch(data: np.ndarray, batch_size: int, seq_len: int, gen: torch.Genera
     starts = torch.randint(hi, (batch_size,), generator=gen).tolist()
     x = torch.from_numpy(np.stack([data[s:s + seq_len].astype(np.int64) for s in starts]))
     y = torch.from_numpy(np.stack([data[s + 1:s + 1 + seq_len].astype(np.int64) for s in starts]))
+    return x, y
+
+
+def replay_rows(step: int, seqs_per_step: int, ratio: float) -> int:
+    """How many of step `step`'s sequences are replay: over any run, round(ratio x sequences) so far."""
+    def upto(k: int) -> int:
+        return math.floor(round(k * seqs_per_step * ratio, 9))
+
+    return upto(step + 1) - upto(step)
+
+
+def micro_batch(train_data: np.ndarray, replay_data: np.ndarray | None, cfg: TrainConfig, step: int,
+                micro: int, replay_seen: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Micro-batch `micro` (global index) of step `step`. The project's sequences are drawn as
+    without replay; the step's first replay_rows() sequences are then replaced, in order, by
+    consecutive windows of the replay shard starting at window `replay_seen`."""
+    x, y = get_batch(train_data, cfg.batch_size, cfg.seq_len, batch_generator(cfg.seed, step, micro))
+    if replay_data is None or cfg.replay_ratio <= 0:
+        return x, y
+    n_replay = replay_rows(step, cfg.batch_size * cfg.grad_accum, cfg.replay_ratio)
+    windows = (len(replay_data) - 1) // cfg.seq_len
+    if windows < 1:
+        raise ValueError(f"the replay data has {len(replay_data)} tokens, fewer than one sequence of "
+                         f"{cfg.seq_len + 1}")
+    for i in range(cfg.batch_size):
+        q = micro * cfg.batch_size + i  # the sequence's index within the step
+        if q >= n_replay:
+            break
+        s = (replay_seen + q) % windows * cfg.seq_len
+        x[i] = torch.from_numpy(replay_data[s:s + cfg.seq_len].astype(np.int64))
+        y[i] = torch.from_numpy(replay_data[s + 1:s + 1 + cfg.seq_len].astype(np.int64))
     return x, y
 
 
@@ -136,7 +178,8 @@ def _micro_loss(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> to
 def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: TrainConfig,
           out_dir: Path, device: torch.device, resume: bool = False,
           provenance: dict[str, Any] | None = None, on_progress: ProgressFn | None = None,
-          data_id: str = "", dist: DistEnv | None = None, keep_checkpoints: int = 1) -> TrainState:
+          data_id: str = "", dist: DistEnv | None = None, keep_checkpoints: int = 1,
+          replay_data: np.ndarray | None = None, check_data: np.ndarray | None = None) -> TrainState:
     """Train `model` in place; writes out_dir/state.safetensors (resume) and out_dir/model.safetensors.
 
     Under torchrun (`dist` with several ranks) each optimizer step's `cfg.grad_accum` micro-batches
@@ -144,7 +187,12 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
     gives the same run on any number of processes. Only rank 0 evaluates, reports and saves.
     `data_id` is stored in the checkpoint; a resume against other data is refused. The last
     `keep_checkpoints` training checkpoints are kept in out_dir/checkpoints as well.
+    `replay_data` and `check_data`: the replay shard and the early stop's check split (see above).
     """
+    if cfg.replay_ratio > 0 and replay_data is None:
+        raise ValueError("a replay ratio needs replay data")
+    if cfg.early_stop_patience > 0 and check_data is None:
+        raise ValueError("early stopping needs a held-out check split")
     dist = dist or DistEnv(device=device)
     if cfg.grad_accum % dist.world_size:
         raise ValueError(f"the {cfg.grad_accum} micro-batches of a step do not split evenly over "
@@ -160,7 +208,7 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
     if resume and state_path.exists():
         state = load_train_state(state_path, model, opt, cfg, model.config, data_id=data_id)
         log.info("resumed at step %d", state.step)
-        if not cfg.time_budget_s:
+        if not cfg.time_budget_s and not state.stopped_early:
             state.max_iters = cfg.max_iters  # a resume may extend or shorten the run
     module: torch.nn.Module = model
     if dist.is_distributed:
@@ -182,7 +230,7 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
         loss_sum = 0.0
         for micro in range(local_accum):
             g = dist.rank * local_accum + micro  # global micro-batch index: rank-count independent
-            x, y = get_batch(train_data, cfg.batch_size, cfg.seq_len, batch_generator(cfg.seed, it, g))
+            x, y = micro_batch(train_data, replay_data, cfg, it, g, state.replay_seen)
             if model.config.dropout > 0:
                 torch.manual_seed(dropout_seed(cfg.seed, it, g))
             sync = micro == local_accum - 1 or not dist.is_distributed
@@ -207,6 +255,7 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
         opt.step()
         dt = time.monotonic() - t0
         state.step += 1
+        state.replay_seen += replay_rows(it, cfg.batch_size * cfg.grad_accum, cfg.replay_ratio)
         state.tokens_seen += tokens_per_step
         state.losses.append(loss_sum)
         state.elapsed_s = elapsed
@@ -215,6 +264,10 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
             # (an editor, a build) still ends the schedule on time
             state.max_iters = state.step
         last = state.step >= state.max_iters
+        check_now = cfg.early_stop_patience > 0 and (state.step % cfg.eval_interval == 0 or last)
+        if check_now and _check(model, check_data, cfg, device, state, dist, out_dir) and not last:
+            state.max_iters = state.step  # stopped early (_check said so; the last step checks too)
+            last = True
         if not dist.is_main:
             continue
         if val_data is not None and (state.step % cfg.eval_interval == 0 or last):
@@ -226,8 +279,48 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
         if state.step % cfg.ckpt_interval == 0 or last:
             save_train_state(state_path, model, opt, state, cfg)
             keep_last_checkpoints(state_path, state.step, keep_checkpoints)
+            if last and cfg.early_stop_patience > 0:
+                restore_best(model, out_dir, state)
             save_model(model, out_dir / "model.safetensors", provenance=_provenance(state, provenance))
     return state
+
+
+BEST = "best.safetensors"
+
+
+def _check(model: GPT, check_data: np.ndarray | None, cfg: TrainConfig, device: torch.device,
+           state: TrainState, dist: DistEnv, out_dir: Path) -> bool:
+    """One early-stop check (rank 0 measures, every rank learns the loss); True: stop now."""
+    assert check_data is not None
+    loss = evaluate(model, check_data, cfg, device) if dist.is_main else 0.0
+    loss = dist_sum(dist, [loss])[0]
+    state.check_losses.append((state.step, loss))
+    if state.best_loss is None or loss < state.best_loss:
+        state.best_loss, state.best_step, state.bad_evals = loss, state.step, 0
+        if dist.is_main:
+            save_tensors_atomic(out_dir / BEST, {k: v.detach().cpu() for k, v in model.state_dict().items()
+                                                 if k != "lm_head.weight"}, {"step": str(state.step)})
+        return False
+    state.bad_evals += 1
+    if state.bad_evals >= cfg.early_stop_patience:
+        state.stopped_early = True
+        log.info("early stop at step %d: the best check loss was at step %d", state.step, state.best_step)
+        return True
+    return False
+
+
+def restore_best(model: GPT, out_dir: Path, state: TrainState) -> None:
+    """Load the best checked weights into `model` (they are already there if the last check was the best)."""
+    if state.best_loss is None or state.best_step == state.step:
+        return
+    from safetensors import safe_open
+
+    with safe_open(str(out_dir / BEST), framework="pt") as f:
+        if (f.metadata() or {}).get("step") != str(state.best_step):
+            raise ValueError(f"{out_dir / BEST} does not hold the weights of step {state.best_step}")
+        sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    model.load_state_dict(sd, strict=True)
 
 
 def dist_sum(dist: DistEnv, values: list[float]) -> list[float]:
@@ -260,6 +353,9 @@ def keep_last_checkpoints(state_path: Path, step: int, keep: int) -> None:
 
 def _provenance(state: TrainState, extra: dict[str, Any] | None) -> dict[str, Any]:
     prov = dict(extra or {})
+    if state.best_loss is not None:
+        prov.update({"best_step": state.best_step, "check_loss": state.best_loss,
+                     "stopped_early": state.stopped_early})
     prov.update({"steps": state.step, "tokens_seen": state.tokens_seen,
                  "val_loss": state.val_losses[-1][1] if state.val_losses else None,
                  "train_loss": float(np.mean(state.losses[-20:])) if state.losses else None})

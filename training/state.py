@@ -37,6 +37,12 @@ class TrainState:
     losses: list[float] = field(default_factory=list)
     val_losses: list[tuple[int, float]] = field(default_factory=list)
     data_id: str = ""
+    replay_seen: int = 0  # sequences taken from the replay shard: the position its next one starts at
+    check_losses: list[tuple[int, float]] = field(default_factory=list)  # the early stop's held-out check
+    best_loss: float | None = None  # the lowest check loss, whose weights are in best.safetensors
+    best_step: int = 0
+    bad_evals: int = 0  # checks in a row without a new best
+    stopped_early: bool = False
 
 
 # fields whose change does not invalidate a resume (they only steer the remaining run)
@@ -83,6 +89,7 @@ def load_train_state(path: Path, model: GPT, opt: torch.optim.Optimizer, cfg: Tr
         raise ResumeError(f"cannot resume: training settings differ from the checkpoint ({', '.join(changed)})")
     raw = json.loads(meta["state"])
     raw["val_losses"] = [tuple(x) for x in raw.get("val_losses", [])]
+    raw["check_losses"] = [tuple(x) for x in raw.get("check_losses", [])]
     state = TrainState(**raw)
     if data_id and state.data_id and data_id != state.data_id:
         raise ResumeError("cannot resume: the training data changed since the checkpoint was written")

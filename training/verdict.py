@@ -1,0 +1,157 @@
+"""What the user gets from a run: exact match before and after on the same held-out lines, and
+whether the difference is beyond noise for that many lines.
+
+The gate says "better" when the held-out loss falls, even if exact match moved by a line or two;
+on 300 lines one line is a third of a point. Both models complete the same lines, so the test is
+paired: McNemar's exact test on the discordant lines (wrong -> right against right -> wrong), a
+two-sided binomial test with p = 1/2. p < 0.05: the change is beyond noise; else it is reported as
+within noise for that many lines, whatever the gate decided.
+
+`line_hits` scores each line through the gate's own pipeline call (`gate._count_hits`, one line at
+a time on one loaded model), so the figures are the gate's figures, line by line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from codeassist.model.checkpoint import load_model
+from codeassist.training.gate import (
+    LOSS_SEQ,
+    GateResult,
+    LineSample,
+    Score,
+    _count_hits,
+    decide,
+    heldout_loss,
+)
+
+SIGNIFICANCE = 0.05
+
+
+def mcnemar_exact_p(gained: int, lost: int) -> float:
+    """Two-sided exact McNemar p-value: `gained` lines wrong -> right, `lost` right -> wrong."""
+    if gained < 0 or lost < 0:
+        raise ValueError("line counts cannot be negative")
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    k = min(gained, lost)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n  # P(X <= k), X ~ Binomial(n, 1/2)
+    return min(1.0, 2 * tail)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    lines: int
+    old_hits: int
+    new_hits: int
+    gained: int  # wrong before, right after
+    lost: int  # right before, wrong after
+    p_value: float
+
+    @property
+    def beyond_noise(self) -> bool:
+        return self.p_value < SIGNIFICANCE
+
+    @property
+    def sentence(self) -> str:
+        """One sentence for the closing report."""
+        if not self.lines:
+            return "there were no held-out lines to measure exact match on"
+        old, new = 100 * self.old_hits / self.lines, 100 * self.new_hits / self.lines
+        what = (f"line exact match on {self.lines} held-out lines of your code: {old:.1f}% -> {new:.1f}% "
+                f"({new - old:+.1f} points; {self.gained} lines newly right, {self.lost} newly wrong)")
+        if not self.beyond_noise:
+            return f"{what}, within noise for {self.lines} lines (McNemar p = {self.p_value:.2f})"
+        direction = "better" if self.new_hits > self.old_hits else "worse"
+        return f"{what}, {direction} beyond noise (McNemar p = {self.p_value:.3f})"
+
+
+def compare_hits(old: Sequence[bool], new: Sequence[bool]) -> Verdict:
+    """The paired comparison of two models' hits on the same lines."""
+    if len(old) != len(new):
+        raise ValueError("both models must be scored on the same lines")
+    gained = sum(1 for a, b in zip(old, new, strict=True) if b and not a)
+    lost = sum(1 for a, b in zip(old, new, strict=True) if a and not b)
+    return Verdict(lines=len(old), old_hits=sum(map(bool, old)), new_hits=sum(map(bool, new)),
+                   gained=gained, lost=lost, p_value=mcnemar_exact_p(gained, lost))
+
+
+class _KeepOpen:
+    """The backend as `_count_hits` sees it, except that its aclose() leaves it open for the next line."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def line_hits(model_path: Path, samples: Sequence[LineSample], device: str = "cpu") -> list[bool]:
+    """Per line: does the language server's pipeline with this model complete it exactly?
+    (gate.exact_match's settings and comparison, kept line by line)"""
+    if not samples:
+        return []
+    from codeassist.lsp.backends import LocalBackend
+    from codeassist.lsp.settings import Settings
+
+    threads = torch.get_num_threads()
+    backend = LocalBackend(model=str(model_path), device=device, threads=threads)
+    backend.start()
+    try:
+        if not backend.wait_ready(timeout=600):
+            raise RuntimeError(f"the model {model_path} could not be loaded: {backend.status().reason}")
+        settings = Settings(multiline="never", cache=False, debounce_ms=0, temperature=0.0,
+                            time_budget_ms=30000)
+        return asyncio.run(_each_line(backend, settings, samples))
+    finally:
+        torch.set_num_threads(threads)
+
+
+async def _each_line(backend: Any, settings: Any, samples: Sequence[LineSample]) -> list[bool]:
+    kept = _KeepOpen(backend)
+    try:
+        return [bool(await _count_hits(kept, settings, [s])) for s in samples]
+    finally:
+        await backend.aclose()
+
+
+def score_lines(model_path: Path, val_tokens: np.ndarray, samples: Sequence[LineSample],
+                device: str = "cpu") -> tuple[Score, list[bool]]:
+    """gate.score, with the per-line hits kept."""
+    model, _ = load_model(model_path, device="cpu")
+    loss = heldout_loss(model, val_tokens, seq_len=min(LOSS_SEQ, model.config.block_size))
+    del model
+    hits = line_hits(model_path, samples, device)
+    em = sum(hits) / len(hits) if hits else math.nan
+    return Score(loss=loss, exact_match=em, lines=len(hits)), hits
+
+
+def gate_with_verdict(new_path: Path, old_path: Path, val_tokens: np.ndarray, samples: Sequence[LineSample],
+                      device: str = "cpu") -> tuple[GateResult, Verdict]:
+    """gate.run_gate's decision on `samples`, and the paired verdict on the same lines."""
+    new, new_hits = score_lines(new_path, val_tokens, samples, device)
+    old, old_hits = score_lines(old_path, val_tokens, samples, device)
+    better, summary = decide(new, old)
+    return GateResult(new=new, old=old, better=better, summary=summary), compare_hits(old_hits, new_hits)
+
+
+def closing_report(installed: bool, verdict: Verdict) -> str:
+    """The closing report's sentence on exact match, in the user's terms."""
+    text = f"What you get: {verdict.sentence}."
+    if installed and not (verdict.beyond_noise and verdict.new_hits > verdict.old_hits):
+        text += (" The gate installed the new model for its lower held-out loss; on completing these "
+                 "lines it is not measurably better.")
+    return text
