@@ -1,5 +1,6 @@
 """Where models live, by name: `default` (inside the package), `gpt2` (downloaded once into the
-cache), a user's saved names (the user data folder), or any path."""
+cache), `hf:ORG/NAME[@REVISION]` (an open model from the Hugging Face Hub, downloaded once into
+the cache: model/hub.py), a user's saved names (the user data folder), or any path."""
 
 from __future__ import annotations
 
@@ -46,10 +47,15 @@ def named_model_path(name: str) -> Path:
 
 
 def resolve_model(model: str | os.PathLike[str]) -> tuple[Path, str]:
-    """(path, display name). A path may be a model file or a Hugging Face GPT-2 folder."""
+    """(path, display name). A path may be a model file or a Hugging Face folder; `hf:` names
+    resolve to the snapshot folder in the cache."""
     text = os.fspath(model)
     if text == "default":
         return default_model_path(), "default"
+    if text.startswith("hf:"):
+        from codeassist.model.hub import resolve_hub_model
+
+        return resolve_hub_model(text), text.removeprefix("hf:")
     if text in HF_NAMES:
         from codeassist.model.hf_gpt2 import ensure_downloaded
 
@@ -61,12 +67,15 @@ def resolve_model(model: str | os.PathLike[str]) -> tuple[Path, str]:
         named = named_model_path(text)
         if named.exists():
             return named, text
-    raise ModelFileError(f"no model named {text!r} (not a file, not 'default' or 'gpt2', "
+    raise ModelFileError(f"no model named {text!r} (not a file, not 'default', 'gpt2' or hf:ORG/NAME, "
                          f"and not in {models_dir()})")
 
 
 def list_models() -> list[str]:
+    """The names --model takes without a path: built in, the user's, and the hf: models in the cache."""
+    from codeassist.model.hub import cached_hub_models
+
     names = ["default", *HF_NAMES]
     if models_dir().is_dir():
         names += sorted(p.stem for p in models_dir().glob("*.safetensors"))
-    return names
+    return names + cached_hub_models()

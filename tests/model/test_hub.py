@@ -1,0 +1,139 @@
+"""`--model hf:ORG/NAME[@REVISION]` offline: a snapshot in the Hub's cache layout is found with no
+request made, and a model that is not cached is one sentence that says how to fetch it."""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from codeassist.model.checkpoint import ModelFileError
+from codeassist.model.hub import ALLOW_PATTERNS, parse_spec
+from codeassist.model.store import cache_dir, list_models, resolve_model
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CODEASSIST_HOME", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    """A Hub endpoint on loopback that listens and never answers: any request shows up as a
+    pending connection."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    yield listener
+    listener.close()
+
+
+def was_called(listener: socket.socket) -> bool:
+    return bool(select.select([listener], [], [], 0)[0])
+
+
+def closed_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+
+
+def cache_snapshot(repo_id: str, ref: str = "main", commit: str = COMMIT, weights: bool = True) -> Path:
+    """The layout huggingface_hub writes: models--ORG--NAME/refs/<ref> holds the commit, and
+    snapshots/<commit>/ the files."""
+    repo = cache_dir() / "hf" / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / ref).write_text(commit)
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "qwen2", "hidden_size": 8}))
+    (snapshot / "tokenizer.json").write_text("{}")
+    if weights:
+        save_file({"lm_head.weight": torch.zeros(2, 2)}, str(snapshot / "model.safetensors"))
+    return snapshot
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_a_cached_snapshot_is_found_without_a_request(home: Path, hub: socket.socket, offline: bool,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    snapshot = cache_snapshot("Qwen/Qwen2.5-Coder-0.5B")
+    path, name = resolve_model("hf:Qwen/Qwen2.5-Coder-0.5B")
+    assert path == snapshot and name == "Qwen/Qwen2.5-Coder-0.5B"
+    assert (path / "model.safetensors").is_file()
+    assert not was_called(hub)  # downloaded once: a cached model never asks the Hub again
+
+
+def test_a_revision_is_a_ref_or_a_commit(home: Path, hub: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    snapshot = cache_snapshot("bigcode/tiny_starcoder_py", ref="v1.0")
+    assert resolve_model("hf:bigcode/tiny_starcoder_py@v1.0")[0] == snapshot
+    assert resolve_model(f"hf:bigcode/tiny_starcoder_py@{COMMIT}") == (snapshot, f"bigcode/tiny_starcoder_py@{COMMIT}")
+    with pytest.raises(ModelFileError):  # only v1.0 is cached, not main
+        resolve_model("hf:bigcode/tiny_starcoder_py")
+    assert not was_called(hub)
+
+
+def test_offline_and_not_cached_is_one_sentence_naming_the_model_and_the_fix(
+        home: Path, hub: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelFileError) as err:
+        resolve_model("hf:Qwen/Qwen2.5-Coder-1.5B")
+    assert str(err.value) == (
+        "the model hf:Qwen/Qwen2.5-Coder-1.5B is not in the cache and HF_HUB_OFFLINE is set; run the same "
+        f"command once with network access and without HF_HUB_OFFLINE=1 to download it into {home / 'cache' / 'hf'}, "
+        "or pass a local folder with --model")
+    assert not was_called(hub)
+
+
+def test_no_network_and_not_cached_is_one_sentence(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    closed_endpoint(monkeypatch)  # online mode, but the Hub refuses the connection
+    with pytest.raises(ModelFileError) as err:
+        resolve_model("hf:Qwen/Qwen2.5-Coder-1.5B")
+    message = str(err.value)
+    assert message.startswith("the model hf:Qwen/Qwen2.5-Coder-1.5B is not in the cache and the Hugging Face "
+                              "Hub cannot be reached; run the same command once with network access")
+    assert "\n" not in message
+
+
+def test_a_snapshot_without_safetensors_is_refused(home: Path, hub: socket.socket,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache_snapshot("old/pickled", weights=False)
+    with pytest.raises(ModelFileError, match="no safetensors weights"):
+        resolve_model("hf:old/pickled")
+
+
+@pytest.mark.parametrize("spec", ["hf:", "hf:Qwen", "hf:a/b/c", "hf:a--b/c", "hf:a/b@", "hf:a/b@../x"])
+def test_malformed_names_are_one_sentence(spec: str) -> None:
+    if spec == "hf:a/b@":
+        assert parse_spec(spec) == ("a/b", None)  # an empty revision is the default branch
+        return
+    with pytest.raises(ModelFileError) as err:
+        parse_spec(spec)
+    assert "\n" not in str(err.value) and "hf:" in str(err.value)
+
+
+def test_cached_models_are_listed(home: Path) -> None:
+    assert not any(n.startswith("hf:") for n in list_models())
+    cache_snapshot("Qwen/Qwen2.5-Coder-0.5B")
+    assert list_models()[-1] == "hf:Qwen/Qwen2.5-Coder-0.5B"
+
+
+def test_the_download_asks_only_for_what_a_model_needs() -> None:
+    assert "*.safetensors" in ALLOW_PATTERNS and "tokenizer.json" in ALLOW_PATTERNS
+    assert not any(p.endswith((".bin", ".pt", ".pth", ".ckpt")) or p == "*" for p in ALLOW_PATTERNS)
