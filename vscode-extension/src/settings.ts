@@ -8,7 +8,15 @@ export interface ServerSettings {
   backend: string;
   model: string;
   device: string;
-  remote: { url: string; api: string; apiKey?: string; model?: string; timeoutMs: number; fallbackLocal: boolean };
+  remote: {
+    url: string;
+    api: string;
+    apiKey?: string;
+    model?: string;
+    template: string;
+    timeoutMs: number;
+    fallbackLocal: boolean;
+  };
   maxTokens: number;
   temperature: number;
   debounceMs: number;
@@ -47,6 +55,7 @@ export function buildServerSettings(get: ConfigGetter, apiKey: string | undefine
     remote: {
       url: str(get, "remote.url", ""),
       api: str(get, "remote.api", "codeassist"),
+      template: str(get, "remote.template", "auto"),
       timeoutMs: num(get, "remote.timeoutMs", 2000),
       fallbackLocal: get("remote.fallbackLocal") === true,
     },

@@ -16,6 +16,7 @@ test("defaults match the server's defaults and carry no API key", () => {
   assert.equal(s.copy, true);
   assert.equal("apiKey" in s.remote, false);
   assert.equal("model" in s.remote, false);
+  assert.equal(s.remote.template, "auto");
 });
 
 test("user values are forwarded under the server's key names, nested as the server reads them", () => {
@@ -25,6 +26,7 @@ test("user values are forwarded under the server's key names, nested as the serv
       "remote.url": "http://team:8000",
       "remote.api": "openai",
       "remote.model": "starcoder",
+      "remote.template": "starcoder",
       "remote.timeoutMs": 900,
       maxTokens: 64,
       multiline: "never",
@@ -36,7 +38,15 @@ test("user values are forwarded under the server's key names, nested as the serv
     }),
     "sk-secret",
   );
-  assert.deepEqual(s.remote, { url: "http://team:8000", api: "openai", timeoutMs: 900, fallbackLocal: false, model: "starcoder", apiKey: "sk-secret" });
+  assert.deepEqual(s.remote, {
+    url: "http://team:8000",
+    api: "openai",
+    template: "starcoder",
+    timeoutMs: 900,
+    fallbackLocal: false,
+    model: "starcoder",
+    apiKey: "sk-secret",
+  });
   assert.equal(s.maxTokens, 64);
   assert.equal(s.multiline, "never");
   assert.deepEqual(s.languages, ["python", "rust"]); // a wrong element is dropped, not forwarded
