@@ -303,3 +303,58 @@ def test_unknown_template_is_one_sentence() -> None:
     with pytest.raises(RemoteError, match="unknown FIM template 'llama'") as err:
         RemoteClient(RemoteSettings(url="http://x", api="openai", template="llama"))
     assert "\n" not in str(err.value)
+
+
+# -- through the real language server: the settings the editor sends pick the dialect -----------
+
+@pytest.mark.slow
+async def test_the_language_server_speaks_the_dialect_its_settings_name(fake) -> None:  # type: ignore[no-untyped-def]
+    from lsprotocol import types
+    from pytest_lsp import ClientServerConfig, LanguageClient
+
+    def answer(seen: Seen) -> tuple[int, Any]:
+        if seen.path == "/api/generate":
+            return 200, {"model": "qwen2.5-coder:1.5b-base", "response": " 3.14 * r * r", "done": True}
+        return openai_answer(" 3.14 * r * r<|endoftext|>print(")(seen)
+
+    server = fake(answer)
+    uri, text = "file:///tmp/dialects.py", "def area(r):\n    return\n"
+    cmd = [sys.executable, "-m", "codeassist.cli.main", "lsp", "--stdio"]
+    client: LanguageClient = await ClientServerConfig(server_command=cmd).start()  # type: ignore[assignment]
+    vllm = {"url": server.url + "/v1", "api": "openai", "model": "Qwen/Qwen2.5-Coder-1.5B", "timeoutMs": 10000}
+    try:
+        await client.initialize_session(types.InitializeParams(
+            capabilities=types.ClientCapabilities(),
+            initialization_options={"codeassist": {"backend": "remote", "remote": vllm, "maxTokens": 8}}))
+        client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
+            uri=uri, language_id="python", version=1, text=text)))
+
+        async def inline() -> list[str]:
+            result = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+                text_document=types.TextDocumentIdentifier(uri), position=types.Position(line=1, character=10),
+                context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)))
+            items = result.items if isinstance(result, types.InlineCompletionList) else (result or [])
+            return [str(i.insert_text) for i in items]
+
+        assert await inline() == [" 3.14 * r * r"]  # Qwen's <|endoftext|> stop held
+        first = server.seen[-1]
+        assert first.path == "/v1/completions" and "suffix" not in first.body
+        assert first.body["prompt"].startswith("<|fim_prefix|>def area(r):\n")
+        assert first.body["prompt"].endswith("<|fim_middle|>") and "<|fim_suffix|>" in first.body["prompt"]
+        assert set(TEMPLATES["qwen"].stops) <= set(first.body["stop"])
+
+        ollama = {**vllm, "url": server.url, "api": "ollama", "model": "qwen2.5-coder:1.5b-base"}
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"codeassist": {"backend": "remote", "remote": ollama, "maxTokens": 8}}))
+        for _ in range(100):  # the notification has no answer: ask until the new backend answers
+            await inline()
+            if server.seen[-1].path == "/api/generate":
+                break
+        second = server.seen[-1]
+        assert second.path == "/api/generate" and second.body["model"] == "qwen2.5-coder:1.5b-base"
+        assert second.body["prompt"].startswith("def area(r):\n") and second.body["raw"] is False
+        assert {first.headers[SESSION_HEADER.lower()]} == {s.headers[SESSION_HEADER.lower()] for s in server.seen}
+        assert first.headers[SESSION_HEADER.lower()] != SESSION_ID  # the server process made its own
+    finally:
+        await client.shutdown_session()
+        await client.stop()
