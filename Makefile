@@ -22,7 +22,9 @@ demo: $(STAMP)
 	@echo "--- inline completion through the language server (codeassist lsp), embedded default model, in a small project ---"
 	rm -rf $(VENV)/demo && $(PY) -m codeassist.lsp.demo --example $(VENV)/demo
 
-# mypy cannot follow setuptools' package-dir mapping, so it reads the packages through links
+# mypy, pyright and jedi cannot follow setuptools' editable import hook; they read the packages
+# through codeassist/, the committed folder of relative links (tests/test_navigation.py checks it).
+# .mypy-src is the old folder of links, kept one session for scripts that still make it.
 .mypy-src: Makefile
 	rm -rf .mypy-src && mkdir -p .mypy-src/codeassist
 	for p in $(PACKAGES); do ln -s ../../$$p .mypy-src/codeassist/$$p; done
@@ -30,8 +32,8 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-typecheck: $(STAMP) .mypy-src
-	MYPYPATH=.mypy-src $(VENV)/bin/mypy $(foreach p,$(PACKAGES),-p codeassist.$(p))
+typecheck: $(STAMP)
+	MYPYPATH=. $(VENV)/bin/mypy $(foreach p,$(PACKAGES),-p codeassist.$(p))
 
 # Debian's Neovim 0.7 for the LSP client tests (the >= 0.11 one comes from the test extra's wheel),
 # and curl for the team server's curl example. Installs only what is missing; where apt-get is
