@@ -8,7 +8,8 @@ repository-context layout of the families that were trained with one (Qwen2.5-Co
     codeassist  <|fim_suffix|>S<|fim_prefix|>P<|fim_middle|>          (ours, SPM: suffix first)
     qwen        <|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>          Qwen2.5-Coder
     deepseek    <｜fim▁begin｜>P<｜fim▁hole｜>S<｜fim▁end｜>            DeepSeek-Coder
-    starcoder   <fim_prefix>P<fim_suffix>S<fim_middle>                StarCoder, StarCoder2, SantaCoder
+    starcoder   <fim_prefix>P<fim_suffix>S<fim_middle>                StarCoder, StarCoder2, tiny_starcoder
+    santacoder  <fim-prefix>P<fim-suffix>S<fim-middle>                SantaCoder (hyphens, not underscores)
     codellama   <PRE> P <SUF>S <MID>                                  Code Llama (spaces as llama.cpp sends them)
 
 A local model's template is recognised from its tokenizer's special tokens (`detect`), since a
@@ -76,6 +77,8 @@ TEMPLATES: dict[str, FimTemplate] = {
                     stops=("<｜end▁of▁sentence｜>", "<|EOT|>", "<｜fim▁begin｜>")),
         FimTemplate("starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>",
                     stops=("<|endoftext|>", "<file_sep>", "<fim_prefix>")),
+        FimTemplate("santacoder", "<fim-prefix>", "<fim-suffix>", "<fim-middle>",
+                    stops=("<|endoftext|>", "<fim-prefix>")),
         FimTemplate("codellama", "<PRE>", "<SUF>", "<MID>", stops=("<EOT>", "</s>"),
                     prefix_pad=" ", suffix_pad=" ", middle_pad=" "),
     )
@@ -97,6 +100,8 @@ def detect(special_tokens: Iterable[str]) -> FimTemplate | None:
         return TEMPLATES["deepseek"]
     if {"<fim_prefix>", "<fim_suffix>", "<fim_middle>"} <= have:
         return TEMPLATES["starcoder"]
+    if {"<fim-prefix>", "<fim-suffix>", "<fim-middle>"} <= have:
+        return TEMPLATES["santacoder"]
     if {"<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"} <= have:
         return TEMPLATES["qwen"]
     if {"▁<PRE>", "▁<SUF>", "▁<MID>"} <= have or {"<PRE>", "<SUF>", "<MID>"} <= have:
@@ -108,7 +113,7 @@ _NAME_HINTS = (
     ("qwen", "qwen"),
     ("deepseek", "deepseek"),
     ("starcoder", "starcoder"),
-    ("santacoder", "starcoder"),
+    ("santacoder", "santacoder"),
     ("codellama", "codellama"),
     ("code-llama", "codellama"),
     ("code_llama", "codellama"),

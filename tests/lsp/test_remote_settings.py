@@ -16,7 +16,7 @@ def test_template_and_ollama_are_parsed() -> None:
     assert warnings == []
     assert (s.remote.api, s.remote.template, s.remote.model) == ("ollama", "qwen", "qwen2.5-coder:1.5b-base")
     assert Settings().remote.template == "auto"
-    for name in ("auto", "qwen", "deepseek", "starcoder", "codellama", "none"):
+    for name in ("auto", "qwen", "deepseek", "starcoder", "santacoder", "codellama", "none"):
         assert parse_settings({"remote.template": name})[0].remote.template == name
 
 
@@ -26,7 +26,7 @@ def test_bad_template_or_api_is_one_sentence_naming_the_choices() -> None:
     assert len(warnings) == 2 and all("\n" not in w and w.endswith("the default is kept") for w in warnings)
     template_warning = next(w for w in warnings if "template" in w)
     assert template_warning == ("codeassist.remote.template has an invalid value 'llama3' (use auto, codeassist, "
-                                "qwen, deepseek, starcoder, codellama, none); the default is kept")
+                                "qwen, deepseek, starcoder, santacoder, codellama, none); the default is kept")
     assert "ollama" in next(w for w in warnings if "remote.api" in w)
     assert parse_settings({"remote": {"template": 3}})[1] != []
 

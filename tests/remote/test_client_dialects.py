@@ -1,6 +1,6 @@
 """Each remote dialect against a real HTTP server on 127.0.0.1 that checks the exact request:
 path, JSON body, headers (the session id for affinity, the API key), and answers as that server
-family does. The FIM templates are checked byte for byte against the model cards."""
+family does (the templates' text is checked against the model cards in tests/model)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from codeassist.remote.client import (
     resolve_template,
     trim_at_stops,
 )
+from tests.model.test_fim_templates import CARDS
 
 PREFIX = "def area(r):\n    return "
 SUFFIX = "\n\nprint(area(2))\n"
@@ -105,28 +106,7 @@ def assert_headers(seen: Seen, api_key: str | None = None) -> None:
     assert seen.headers.get("authorization") == (f"Bearer {api_key}" if api_key else None)
 
 
-# -- the templates, byte for byte as the model cards write them --------------------------------
-
-CARDS = {
-    "qwen": "<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>",  # Qwen2.5-Coder
-    "deepseek": "<｜fim▁begin｜>{prefix}<｜fim▁hole｜>{suffix}<｜fim▁end｜>",  # DeepSeek-Coder
-    "starcoder": "<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>",  # StarCoder
-    "codellama": "<PRE> {prefix} <SUF>{suffix} <MID>",  # Code Llama, as llama.cpp sends it
-}
-
-
-@pytest.mark.parametrize("name", sorted(CARDS))
-def test_each_template_builds_its_model_cards_prompt_byte_for_byte(name: str) -> None:
-    want = CARDS[name].format(prefix=PREFIX, suffix=SUFFIX)
-    assert TEMPLATES[name].build(PREFIX, SUFFIX).encode("utf-8") == want.encode("utf-8")
-
-
-def test_deepseek_markers_are_the_fullwidth_bar_and_the_lower_block() -> None:
-    # a look-alike ASCII '|' or '_' would tokenize as plain text on the model's side
-    assert TEMPLATES["deepseek"].prefix == "<\uff5cfim\u2581begin\uff5c>"
-    assert TEMPLATES["deepseek"].suffix == "<\uff5cfim\u2581hole\uff5c>"
-    assert TEMPLATES["deepseek"].middle == "<\uff5cfim\u2581end\uff5c>"
-
+# -- the template a setting names -----------------------------------------------------------------
 
 @pytest.mark.parametrize(("setting", "model", "want"), [
     ("auto", "Qwen/Qwen2.5-Coder-1.5B", "qwen"),
@@ -163,7 +143,7 @@ async def test_codeassist_dialect(fake) -> None:  # type: ignore[no-untyped-def]
     assert_headers(seen, "k-1")
 
 
-@pytest.mark.parametrize("template", ["qwen", "deepseek", "starcoder", "codellama"])
+@pytest.mark.parametrize("template", sorted(CARDS))
 async def test_openai_dialect_with_a_template_sends_the_raw_fim_prompt_and_no_suffix_field(
         fake, template: str) -> None:  # type: ignore[no-untyped-def]
     fim = TEMPLATES[template]
