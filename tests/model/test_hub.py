@@ -1,5 +1,6 @@
-"""`--model hf:ORG/NAME[@REVISION]` offline: a snapshot in the Hub's cache layout is found with no
-request made, and a model that is not cached is one sentence that says how to fetch it."""
+"""`--model hf:ORG/NAME[@REVISION]`: a snapshot in the Hub's cache layout is found with no request
+made, a model that is not cached offline is one sentence that says how to fetch it, and online
+it is downloaded once from a fake Hub on loopback (nothing leaves the machine)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
 from codeassist.model.checkpoint import ModelFileError
 from codeassist.model.hub import ALLOW_PATTERNS, parse_spec
@@ -38,6 +39,15 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{listener.getsockname()[1]}")
     yield listener
     listener.close()
+
+
+@pytest.fixture
+def online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """huggingface_hub reads HF_HUB_OFFLINE once, at its import, which an offline test in this
+    process may have done: the online tests set its flag back as a fresh process would have it."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
 
 def was_called(listener: socket.socket) -> bool:
@@ -100,7 +110,7 @@ def test_offline_and_not_cached_is_one_sentence_naming_the_model_and_the_fix(
     assert not was_called(hub)
 
 
-def test_no_network_and_not_cached_is_one_sentence(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_network_and_not_cached_is_one_sentence(home: Path, online: None, monkeypatch: pytest.MonkeyPatch) -> None:
     closed_endpoint(monkeypatch)  # online mode, but the Hub refuses the connection
     with pytest.raises(ModelFileError) as err:
         resolve_model("hf:Qwen/Qwen2.5-Coder-1.5B")
@@ -137,3 +147,83 @@ def test_cached_models_are_listed(home: Path) -> None:
 def test_the_download_asks_only_for_what_a_model_needs() -> None:
     assert "*.safetensors" in ALLOW_PATTERNS and "tokenizer.json" in ALLOW_PATTERNS
     assert not any(p.endswith((".bin", ".pt", ".pth", ".ckpt")) or p == "*" for p in ALLOW_PATTERNS)
+
+
+class FakeHub:
+    """The few routes of the Hub that snapshot_download uses, on loopback: the revision's commit,
+    the file tree, and each file (HEAD for its metadata, GET for its bytes)."""
+
+    def __init__(self, repo_id: str, files: dict[str, bytes]) -> None:
+        import hashlib
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[str] = []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, body: bytes, headers: dict[str, str], send_body: bool) -> None:
+                self.send_response(200)
+                for k, v in {"Content-Length": str(len(body)), **headers}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                if send_body:
+                    self.wfile.write(body)
+
+            def _route(self, send_body: bool) -> None:
+                hub.requests.append(f"{self.command} {self.path}")
+                path = self.path.split("?")[0]
+                if path.startswith(f"/api/models/{repo_id}/revision/"):
+                    info = {"id": repo_id, "sha": COMMIT, "siblings": [{"rfilename": f} for f in files]}
+                    return self._answer(json.dumps(info).encode(), {"Content-Type": "application/json"}, send_body)
+                if path.startswith(f"/api/models/{repo_id}/tree/{COMMIT}"):
+                    tree = [{"type": "file", "path": f, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                            for f, b in files.items()]
+                    return self._answer(json.dumps(tree).encode(), {"Content-Type": "application/json"}, send_body)
+                prefix = f"/{repo_id}/resolve/{COMMIT}/"
+                if path.startswith(prefix) and path[len(prefix):] in files:
+                    body = files[path[len(prefix):]]
+                    etag = f'"{hashlib.sha1(body).hexdigest()}"'
+                    return self._answer(body, {"X-Repo-Commit": COMMIT, "ETag": etag}, send_body)
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                self._route(True)
+
+            def do_HEAD(self) -> None:
+                self._route(False)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_online_it_downloads_once_and_only_what_a_model_needs(home: Path, online: None,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    files = {"config.json": b'{"model_type": "qwen2"}', "tokenizer.json": b"{}", "generation_config.json": b"{}",
+             "model.safetensors": save({"lm_head.weight": torch.ones(2, 2)}), "pytorch_model.bin": b"a pickle",
+             "README.md": b"# card"}
+    hub = FakeHub("Qwen/Qwen2.5-Coder-0.5B", files)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    try:
+        path, _ = resolve_model("hf:Qwen/Qwen2.5-Coder-0.5B")
+        assert path == home / "cache" / "hf" / "models--Qwen--Qwen2.5-Coder-0.5B" / "snapshots" / COMMIT
+        assert sorted(p.name for p in path.iterdir()) == ["config.json", "generation_config.json",
+                                                          "model.safetensors", "tokenizer.json"]
+        assert (path / "model.safetensors").read_bytes() == files["model.safetensors"]
+        assert not any("pytorch_model.bin" in r or "README" in r for r in hub.requests)  # never a pickle
+        asked = len(hub.requests)
+        assert resolve_model("hf:Qwen/Qwen2.5-Coder-0.5B")[0] == path
+        assert len(hub.requests) == asked  # the second time, no request at all
+        assert "hf:Qwen/Qwen2.5-Coder-0.5B" in list_models()
+    finally:
+        hub.close()
