@@ -83,6 +83,7 @@ def split_check(train: Sequence[SourceFile], fraction: float = CHECK_FRACTION
     want = min(MIN_CHECK_FILES, len(train) - 1)
     if len(check) < want:
         check = sorted(train, key=lambda f: key[f.path])[:want]
+    check = check[:max(0, len(train) - 1)]  # a file or more stays to train on
     names = {f.path for f in check}
     return [f for f in train if f.path not in names], [f for f in train if f.path in names]
 

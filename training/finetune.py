@@ -271,10 +271,24 @@ def _run(opts: FinetuneOptions, env: ddp.DistEnv, out: TextIO, confirm: Callable
     if state.best_loss is not None:
         how = "stopped early: " if state.stopped_early else ""
         say(f"{how}kept the weights of step {state.best_step}, the lowest check loss ({state.best_loss:.3f})")
-    return _gate_and_install(opts, folder, data, out)
+    record = {"options": {k: v for k, v in dataclasses.asdict(opts).items() if k not in ("progress", "yes")},
+              "init_from": origin,
+              "data": {"train_tokens": dataset.train_tokens, "train_files": dataset.train_files,
+                       "val_files": dataset.val_files, "passes": dataset.passes,
+                       "check_tokens": dataset.check_tokens, "replay_tokens": dataset.replay_tokens},
+              "train": {"steps": state.step, "tokens_seen": state.tokens_seen, "elapsed_s": state.elapsed_s,
+                        "passes": state.tokens_seen / max(1, dataset.train_tokens),
+                        "best_step": state.best_step if state.best_loss is not None else None,
+                        "stopped_early": state.stopped_early,
+                        "last_val_loss": state.val_losses[-1][1] if state.val_losses else None}}
+    return _gate_and_install(opts, folder, data, out, record)
 
 
-def _gate_and_install(opts: FinetuneOptions, folder: Path, data: Path, out: TextIO) -> int:
+REPORT = "report.json"  # the run's figures for scripts (benchmarks/bench_finetune.py reads it)
+
+
+def _gate_and_install(opts: FinetuneOptions, folder: Path, data: Path, out: TextIO,
+                      record: dict[str, Any] | None = None) -> int:
     from codeassist.training.gate import line_samples
     from codeassist.training.verdict import closing_report, gate_with_verdict
 
@@ -289,6 +303,11 @@ def _gate_and_install(opts: FinetuneOptions, folder: Path, data: Path, out: Text
     result, verdict = gate_with_verdict(candidate, current, load_split(data, "val"), samples, device="cpu")
     print(result.summary, file=out)
     print(closing_report(result.better, verdict), file=out)
+    if record is not None:
+        record["gate"] = {"old": dataclasses.asdict(result.old), "new": dataclasses.asdict(result.new),
+                          "better": result.better, "summary": result.summary,
+                          "verdict": {**dataclasses.asdict(verdict), "beyond_noise": verdict.beyond_noise}}
+        _write_json(folder / REPORT, record)
     if not result.better:
         print(f"kept your current model; the new one is at {candidate}", file=out)
         return 0
@@ -296,6 +315,14 @@ def _gate_and_install(opts: FinetuneOptions, folder: Path, data: Path, out: Text
     print(f"installed as {opts.out!r} ({named_model_path(opts.out)}); the previous one is kept for "
           f"codeassist train --rollback --out {opts.out}", file=out)
     return 0
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    import json
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
 
 
 def _current_model(opts: FinetuneOptions) -> Path | None:

@@ -1,0 +1,90 @@
+"""`codeassist train` with the levers on: the flags reach the run, and the closing report and
+report.json state exact match before and after and the paired verdict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from codeassist.cli.main import main
+from codeassist.model.checkpoint import read_info
+from codeassist.model.store import named_model_path
+from codeassist.training import dataset
+from codeassist.training.finetune import install_model, run_dir
+from codeassist.training.shards import Document
+
+from .fixtures import code_file
+from .test_cli import FAST, _repo
+
+
+@pytest.mark.slow  # collects, tokenizes, trains and gates: about 30 s on two busy cores
+def test_train_with_every_lever_reports_what_the_user_gets(tmp_path: Path, tiny_model_file: Path,
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    sample: list[tuple[int, int]] = []
+
+    def replay_documents(target_chars: int, seed: int) -> list[Document]:  # the standard library's stand-in
+        sample.append((target_chars, seed))
+        return [Document(path=f"std/r{i}.py", text=code_file(50 + i)) for i in range(4)]
+
+    monkeypatch.setattr(dataset, "replay_documents", replay_documents)
+    repo = _repo(tmp_path, n=8)
+    install_model(tiny_model_file, "t5")
+    rc = main(["train", str(repo), "--init-from", str(tiny_model_file), "--max-iters", "8", "--yes", "--out", "t5",
+               "--lr", "1e-2", "--gate-lines", "3", "--replay", "0.5", "--early-stop", "2", "--dropout", "0.1",
+               "--fim-rate", "0.9", "--warmup", "3", *FAST])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "50% of each step is general code" in out and "the lowest check loss" in out
+    assert sample == [(dataset.REPLAY_MIN_CHARS, 0)]  # the tiny project asks for the smallest sample
+    assert "What you get: line exact match on 3 held-out lines of your code: " in out
+    report = json.loads((run_dir("t5") / "report.json").read_text())
+    assert report["options"]["replay"] == 0.5 and report["options"]["fim_rate"] == 0.9
+    assert report["data"]["replay_tokens"] > 0 and report["data"]["check_tokens"] > 0
+    gate, verdict = report["gate"], report["gate"]["verdict"]
+    assert gate["new"]["lines"] == gate["old"]["lines"] == verdict["lines"] == 3
+    assert verdict["new_hits"] == round(3 * gate["new"]["exact_match"])
+    assert verdict["old_hits"] == round(3 * gate["old"]["exact_match"])
+    assert report["train"]["best_step"] is not None and 1 <= report["train"]["steps"] <= 8
+    manifest = json.loads((run_dir("t5") / "data" / "manifest.json").read_text())
+    assert manifest["fim_rate"] == 0.9 and {"check", "replay"} <= set(manifest["splits"])
+    # the installed model carries no dropout into inference and records the weights it kept
+    candidate = read_info(run_dir("t5") / "model.safetensors")
+    assert candidate.provenance["best_step"] == report["train"]["best_step"]
+    if gate["better"]:
+        assert read_info(named_model_path("t5")).provenance["best_step"] == report["train"]["best_step"]
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--replay", "1", "--replay: 1 must be at least 0 and below 1"),
+    ("--dropout", "-0.1", "--dropout: -0.1 must be at least 0 and below 1"),
+    ("--fim-rate", "1.5", "--fim-rate: 1.5 must be at least 0 and below 1"),
+    ("--early-stop", "0", "--early-stop: 0 must be positive"),
+])
+def test_bad_lever_values_are_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str,
+                                           value: str, message: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(tmp_path), flag, value, *FAST])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_early_stop_on_a_project_too_small_for_a_check_split_says_so(tmp_path: Path, tiny_model_file: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    repo = _repo(tmp_path, n=1)  # two files: one held out for the gate, one to train on
+    rc = main(["train", str(repo), "--init-from", str(tiny_model_file), "--max-iters", "2", "--yes", "--out", "t6",
+               "--early-stop", "2", *FAST])
+    assert rc == 2 and "too few files to hold out a check split" in capsys.readouterr().err
+
+
+def test_replay_is_a_seeded_sample_of_the_standard_librarys_training_files() -> None:
+    from codeassist.training.stdlib import split_documents, stdlib_documents
+
+    first = dataset.replay_documents(200_000, seed=0)
+    assert [d.path for d in first] == [d.path for d in dataset.replay_documents(200_000, seed=0)]
+    assert [d.path for d in first] != [d.path for d in dataset.replay_documents(200_000, seed=1)]
+    chars = sum(len(d.text) for d in first)
+    assert chars >= 200_000 and chars - len(first[-1].text) < 200_000  # just enough
+    _, held_out = split_documents(stdlib_documents())
+    assert not {d.path for d in first} & {d.path for d in held_out}  # never gate_default's files
