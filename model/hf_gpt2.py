@@ -112,6 +112,9 @@ def download(name: str, dest: Path, endpoint: str = HF_ENDPOINT) -> None:
                         f.write(chunk)
         except httpx.HTTPError as exc:
             tmp.unlink(missing_ok=True)
-            raise ModelFileError(f"could not download {name} from {endpoint} ({exc}); "
+            # httpx's own message runs over several lines: the status or the error's kind is enough
+            why = (f"{exc.response.status_code} for {fname}" if isinstance(exc, httpx.HTTPStatusError)
+                   else type(exc).__name__)
+            raise ModelFileError(f"could not download {name} from {endpoint} ({why}); "
                                  "check the network, or pass a local folder with --model") from None
         os.replace(tmp, dest / fname)
