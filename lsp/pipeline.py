@@ -21,8 +21,8 @@ from codeassist.lsp.postprocess import postprocess
 from codeassist.lsp.prompt import TAIL_TOKENS, Prompt, build_prompt
 from codeassist.lsp.settings import Settings
 from codeassist.lsp.workspace import WorkspaceIndex
-from codeassist.model import tokenizer as tok
 from codeassist.model.copy import Candidate
+from codeassist.model.tokenization import Tokenizer, resolve
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,15 @@ class Pipeline:
         self.copies_taken = 0
         self.last_reused = 0  # prompt tokens whose keys and values the last request reused
 
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The backend's model's tokenizer: a local engine's own, else ours (a remote backend
+        sends text; its copy lookups and prompt budget are in ours unless it says otherwise)."""
+        tk = getattr(self.backend, "tokenizer", None)
+        if tk is None:  # LocalBackend exposes its engine; the engine carries the tokenizer
+            tk = getattr(getattr(self.backend, "_engine", None), "tokenizer", None)
+        return resolve(tk if isinstance(tk, Tokenizer) else None)
+
     async def complete(self, ctx: CompletionContext, invoked: bool = False, channel: str = "inline"
                        ) -> Completion:
         """Run for the current task; a newer call for the same document and channel cancels this one.
@@ -122,9 +131,10 @@ class Pipeline:
             return Completion("", mode, status.reason or "the backend is not ready", latency_ms=_ms(t0))
         max_tokens = s.max_tokens
         context_tokens = status.context_tokens or DEFAULT_CONTEXT_TOKENS
-        prompt = build_prompt(ctx, min(s.max_prompt_tokens, context_tokens - max_tokens))
+        tk = self.tokenizer
+        prompt = build_prompt(ctx, min(s.max_prompt_tokens, context_tokens - max_tokens), tokenizer=tk)
         budget_ms = s.time_budget_ms if invoked else min(s.time_budget_ms, TYPING_TIME_BUDGET_MS)
-        found = self._copy_candidates(ctx, prompt)
+        found = self._copy_candidates(ctx, prompt, tk)
         request = CompletionRequest(prompt=prompt, max_tokens=max_tokens, temperature=s.temperature,
                                     stop=stop_strings(ctx, mode), time_budget_s=budget_ms / 1000,
                                     reuse_prefix=s.prefix_reuse, copy=tuple(c.text for c in found))
@@ -149,13 +159,15 @@ class Pipeline:
                           reused_tokens=result.reused_tokens)
 
 
-    def _copy_candidates(self, ctx: CompletionContext, prompt: Prompt) -> list[Candidate]:
+    def _copy_candidates(self, ctx: CompletionContext, prompt: Prompt, tk: Tokenizer) -> list[Candidate]:
         if not self.settings.copy or self.workspace is None or not prompt.tail:
             return []
+        if self.workspace.tokenizer is not tk:  # the model loaded with its own tokenizer: re-index
+            self.workspace.set_tokenizer(tk)
         cursor = ctx.prefix_offset + len(ctx.prefix)
         # one candidate, the copy heuristic's choice: the embedded model's scores picked worse
         # among several than the longest match did (benchmarks/README.md), and each costs a pass
-        typed = tok.encode(prompt.prefix[-TYPED_CHARS:])[-TAIL_TOKENS:]
+        typed = tk.encode(prompt.prefix[-TYPED_CHARS:])[-TAIL_TOKENS:]
         return self.workspace.candidates(ctx.uri, cursor, list(prompt.tail), prompt.forced, limit=1, typed=typed)
 
 

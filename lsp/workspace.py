@@ -12,6 +12,9 @@ Three layers answer a lookup, so nothing is stale and nothing is counted twice:
   disk since the build, rebuilt when one of them changes;
 - the current document itself, as the text before the cursor's line and the text after it
   (the cursor's own line never answers itself), kept while the user types on one line.
+
+Every layer is in the model's tokenizer (`tokenizer`): when the model loads with another one
+than the index was built with (an open model's tokenizer.json), `set_tokenizer` rebuilds it.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from codeassist.lsp.context import Snippet
-from codeassist.model import tokenizer as tok
 from codeassist.model.copy import KEY, Candidate, CopyIndex, find_candidates, find_in_text
+from codeassist.model.tokenization import Tokenizer, resolve
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +89,11 @@ def read_source(path: Path) -> str | None:
 
 
 class WorkspaceIndex:
-    def __init__(self, documents: DocumentSource, max_tokens: int = MAX_TOKENS) -> None:
+    def __init__(self, documents: DocumentSource, max_tokens: int = MAX_TOKENS,
+                 tokenizer: Tokenizer | None = None) -> None:
         self.documents = documents
         self.max_tokens = max_tokens
+        self.tokenizer = resolve(tokenizer)
         self.roots: tuple[Path, ...] = ()
         self._stats = IndexStats(ready=False)
         self._base: CopyIndex | None = None
@@ -112,6 +117,20 @@ class WorkspaceIndex:
         self._thread = threading.Thread(target=self._build, name="codeassist-index", daemon=True)
         self._thread.start()
 
+    def set_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """Index in `tokenizer` from now on: forget what was indexed in another one and rebuild
+        the folders in the background (the model loaded with its own tokenizer)."""
+        if tokenizer is self.tokenizer:
+            return
+        with self._lock:  # a build in progress drops its result when it sees the new tokenizer
+            self.tokenizer = tokenizer
+            self._base, self._spans, self._dead, self._masked = None, {}, None, set()
+            self._changed, self._overlay, self._doc = {}, None, None
+        roots, self.roots = self.roots, ()
+        self._stats = IndexStats(ready=False)
+        if roots:
+            self.start(roots)
+
     def wait(self, timeout: float | None = None) -> bool:
         if self._thread is not None:
             self._thread.join(timeout)
@@ -123,6 +142,7 @@ class WorkspaceIndex:
         spans: dict[str, tuple[int, int]] = {}
         n = nbytes = 0
         truncated = False
+        tk = self.tokenizer
         try:
             for root in self.roots:
                 for path in workspace_files(root):
@@ -132,17 +152,19 @@ class WorkspaceIndex:
                     text = read_source(path)
                     if text is None:
                         continue
-                    ids = np.asarray(tok.encode(text)[:self.max_tokens - n], dtype=np.int32)
+                    ids = np.asarray(tk.encode(text)[:self.max_tokens - n], dtype=np.int32)
                     spans[os.path.realpath(path)] = (n + len(segments), n + len(segments) + len(ids))  # + separators
                     segments.append(ids)
                     n += len(ids)
                     nbytes += len(text)
-            base = CopyIndex(segments)
+            base = CopyIndex(segments, tk)
         except Exception as exc:  # a broken workspace must not take the server down
             log.error("the workspace index could not be built: %s", exc)
             self._stats = IndexStats(ready=True, error=f"the workspace could not be indexed ({exc})")
             return
         with self._lock:
+            if tk is not self.tokenizer:
+                return  # set_tokenizer came first; its own build follows
             self._base, self._spans = base, spans
             self._dead = np.zeros(base.n_tokens, dtype=bool)
             self._masked = set()
@@ -163,7 +185,7 @@ class WorkspaceIndex:
         text = read_source(Path(path)) if os.path.isfile(path) else None
         path = os.path.realpath(path)
         with self._lock:
-            self._changed[path] = tok.encode(text) if text is not None else []
+            self._changed[path] = self.tokenizer.encode(text) if text is not None else []
             self._overlay = None
 
     # -- lookup ------------------------------------------------------------------------------------
@@ -182,7 +204,7 @@ class WorkspaceIndex:
                 self._mask({p for p, _, _ in docs.values()} | set(self._changed))
                 indexes.append((self._base, self._dead))
             indexes.append((self._overlay_index(uri, docs), None))
-        found = find_candidates(indexes, context, forced, limit, typed or ())
+        found = find_candidates(indexes, context, forced, limit, typed or (), self.tokenizer)
         in_text = find_in_text(current[2], cursor, forced, limit)
         # the longer match wins, then the more frequent rest: the copy heuristic's order
         merged = sorted([*in_text, *found], key=lambda c: (-c.match_chars, -c.count))
@@ -198,7 +220,7 @@ class WorkspaceIndex:
         rarity (BM25's idea on token n-grams); common n-grams are skipped. The open documents'
         disk copies are masked out, as for copy candidates.
         """
-        ids = tok.encode(query)
+        ids = self.tokenizer.encode(query)
         with self._lock:
             base, dead = self._base, self._dead
             if base is None or dead is None or limit <= 0 or len(ids) < KEY:
@@ -218,7 +240,7 @@ class WorkspaceIndex:
         start, end = chunk * CHUNK_TOKENS, (chunk + 1) * CHUNK_TOKENS
         for path, (a, b) in self._spans.items():  # a linear scan over at most MAX_FILES spans
             if a <= start < b or a < end <= b:
-                text = tok.decode([int(t) for t in base.tokens[max(a, start):min(b, end)]])
+                text = base.tokenizer.decode([int(t) for t in base.tokens[max(a, start):min(b, end)]])
                 lines = text.split("\n")  # whole lines only: a cut line at either end goes
                 body = "\n".join(lines[start > a:len(lines) - (end < b)]).strip("\n")
                 rel = next((os.path.relpath(path, r) for r in self.roots if path.startswith(str(r))), path)
@@ -233,7 +255,8 @@ class WorkspaceIndex:
         before, after = text[:start], text[end:]
         key = (uri, hash(before), hash(after))
         if self._doc is None or self._doc[0] != key:
-            self._doc = (key, CopyIndex([tok.encode(before), tok.encode(after)]))
+            tk = self.tokenizer
+            self._doc = (key, CopyIndex([tk.encode(before), tk.encode(after)], tk))
         return self._doc[1]
 
     def _overlay_index(self, uri: str, docs: dict[str, tuple[str, int, str]]) -> CopyIndex:
@@ -241,9 +264,9 @@ class WorkspaceIndex:
         key: tuple[object, ...] = others  # a file changed on disk resets self._overlay (file_changed)
         if self._overlay is None or self._overlay[0] != key:
             open_paths = {p for p, _, _ in docs.values()}
-            segments = [tok.encode(docs[u][2]) for u, _ in others]
+            segments = [self.tokenizer.encode(docs[u][2]) for u, _ in others]
             segments += [t for p, t in self._changed.items() if p not in open_paths]
-            self._overlay = (key, CopyIndex(segments))
+            self._overlay = (key, CopyIndex(segments, self.tokenizer))
         return self._overlay[1]
 
     def _mask(self, paths: set[str]) -> None:

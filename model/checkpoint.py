@@ -3,10 +3,16 @@
 Metadata (all strings, as safetensors requires):
     format        "codeassist"
     version       "1"
-    config        ModelConfig as JSON
-    tokenizer     the tokenizer name (see tokenizer.TOKENIZER_NAME)
+    family        the model family, Hugging Face's model_type (model/architectures.py); absent
+                  means "gpt2", so every file written before there were families still loads
+    config        the family's config as JSON (ModelConfig for gpt2)
+    tokenizer     the tokenizer name: tokenizer.TOKENIZER_NAME for ours, "hf" for a tokenizer.json
+                  one, whose own keys (Tokenizer.to_metadata) travel beside it in the metadata
     quantization  JSON, {"scheme": "none"} for plain weights
     provenance    JSON: data, steps, tokens seen, validation loss, ...
+
+ModelInfo.meta keeps the whole metadata, so model/tokenization.py rebuilds the tokenizer from
+it; this module never imports a tokenizer library.
 
 Nothing is parsed from file names, and pickles are never loaded: a file that is not
 safetensors is refused with one sentence before any byte of it is interpreted as code.
@@ -28,13 +34,17 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from codeassist.model.config import ModelConfig
-from codeassist.model.gpt import GPT
+from codeassist.model.architectures import FamilyConfig, build_model, config_from_dict, family_name
+from codeassist.model.causal_lm import CausalLM
 from codeassist.model.tokenizer import TOKENIZER_NAME
 
 FORMAT = "codeassist"
 FORMAT_VERSION = "1"
 MAX_HEADER = 100 * 1024 * 1024
+HF_TOKENIZER = "hf"  # the tokenizer name of a Hugging Face tokenizer.json carried in the metadata
+TOKENIZERS = (TOKENIZER_NAME, HF_TOKENIZER)
+# the keys this module writes; a tokenizer's own metadata may add others, never replace these
+_OWN_KEYS = ("format", "version", "family", "config", "quantization", "provenance")
 
 
 class ModelFileError(Exception):
@@ -43,23 +53,30 @@ class ModelFileError(Exception):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    config: ModelConfig
+    config: FamilyConfig
     tokenizer: str
     quantization: dict[str, Any]
     provenance: dict[str, Any] = field(default_factory=dict)
+    family: str = "gpt2"
+    meta: dict[str, str] = field(default_factory=dict)  # the file's whole metadata (tokenizer keys too)
 
     @property
     def scheme(self) -> str:
         return str(self.quantization.get("scheme", "none"))
 
+    @property
+    def tokenizer_meta(self) -> dict[str, str]:
+        """The tokenizer's metadata (`tokenizer` and its own keys), to write into a derived file."""
+        return {k: v for k, v in self.meta.items() if k not in _OWN_KEYS} or {"tokenizer": self.tokenizer}
+
 
 # Loaders for quantized model files register here (model/quantized.py), keyed by scheme:
 # they build the model from the file's tensors. Plain weights use _load_plain.
-QuantizedLoader = Callable[[ModelInfo, dict[str, torch.Tensor]], GPT]
+QuantizedLoader = Callable[[ModelInfo, dict[str, torch.Tensor]], CausalLM]
 QUANTIZED_LOADERS: dict[str, QuantizedLoader] = {}
 
 
-def _sniff(path: Path) -> None:
+def check_safetensors(path: Path) -> None:
     """Refuse anything that is not a complete safetensors file, before parsing it."""
     try:
         size = path.stat().st_size
@@ -99,7 +116,7 @@ def _sniff(path: Path) -> None:
 def read_info(path: str | os.PathLike[str]) -> ModelInfo:
     """The metadata of a codeassist model file, without loading its weights."""
     path = Path(path)
-    _sniff(path)
+    check_safetensors(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -115,12 +132,13 @@ def _short(exc: BaseException) -> str:
 def _parse_meta(path: Path, meta: dict[str, str]) -> ModelInfo:
     if meta.get("format") != FORMAT:
         raise ModelFileError(f"{path} is a safetensors file but not a codeassist model "
-                             "(no codeassist metadata); import Hugging Face GPT-2 folders with --model DIR")
+                             "(no codeassist metadata); load Hugging Face model folders with --model DIR")
     if meta.get("version") != FORMAT_VERSION:
         raise ModelFileError(f"{path} has model format version {meta.get('version')!r}; "
                              f"this codeassist reads version {FORMAT_VERSION}")
+    family = meta.get("family", "gpt2")
     try:
-        config = ModelConfig.from_dict(json.loads(meta["config"]))
+        config = config_from_dict(family, json.loads(meta["config"]))
         quant = json.loads(meta.get("quantization", '{"scheme": "none"}'))
         prov = json.loads(meta.get("provenance", "{}"))
         tokenizer = meta["tokenizer"]
@@ -128,9 +146,11 @@ def _parse_meta(path: Path, meta: dict[str, str]) -> ModelInfo:
         raise ModelFileError(f"{path} has damaged metadata ({_short(exc)})") from None
     if not isinstance(quant, dict) or not isinstance(prov, dict):
         raise ModelFileError(f"{path} has damaged metadata (quantization/provenance are not objects)")
-    if tokenizer != TOKENIZER_NAME:
-        raise ModelFileError(f"{path} uses tokenizer {tokenizer!r}; this codeassist has {TOKENIZER_NAME!r}")
-    return ModelInfo(config=config, tokenizer=tokenizer, quantization=quant, provenance=prov)
+    if tokenizer not in TOKENIZERS:
+        raise ModelFileError(f"{path} uses tokenizer {tokenizer!r}; this codeassist reads "
+                             f"{' and '.join(map(repr, TOKENIZERS))}")
+    return ModelInfo(config=config, tokenizer=tokenizer, quantization=quant, provenance=prov,
+                     family=family, meta=dict(meta))
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -145,8 +165,9 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu",
-               dtype: torch.dtype | None = None) -> tuple[GPT, ModelInfo]:
-    """Load a model file into a GPT in eval mode; dtype casts floating weights (None keeps them)."""
+               dtype: torch.dtype | None = None) -> tuple[CausalLM, ModelInfo]:
+    """Load a model file into its family's module in eval mode; dtype casts floating weights
+    (None keeps them)."""
     path = Path(path)
     info = read_info(path)
     tensors = load_tensors(path)
@@ -170,30 +191,40 @@ def _register_quantized_loaders() -> None:
         import codeassist.model.quantized  # noqa: F401  (registers its loaders on import)
 
 
-def _load_plain(path: Path, info: ModelInfo, tensors: dict[str, torch.Tensor]) -> GPT:
+def _load_plain(path: Path, info: ModelInfo, tensors: dict[str, torch.Tensor]) -> CausalLM:
     with torch.device("meta"):
-        model = GPT(info.config)
+        model = build_model(info.config)
     tensors = dict(tensors)
-    if "lm_head.weight" not in tensors and "transformer.wte.weight" in tensors:
-        tensors["lm_head.weight"] = tensors["transformer.wte.weight"]
+    embedding = f"{model.EMBEDDING}.weight"
+    if model.tied_embeddings and "lm_head.weight" not in tensors and embedding in tensors:
+        tensors["lm_head.weight"] = tensors[embedding]
     try:
         model.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as exc:
         raise ModelFileError(f"{path} does not match its own config ({_short(exc)})") from None
-    model.lm_head.weight = model.transformer.wte.weight  # re-tie after assign
+    model.tie_weights()  # re-tie after assign
     return model
 
 
-def model_metadata(config: ModelConfig, provenance: dict[str, Any] | None = None,
-                   quantization: dict[str, Any] | None = None) -> dict[str, str]:
-    return {
+def model_metadata(config: FamilyConfig, provenance: dict[str, Any] | None = None,
+                   quantization: dict[str, Any] | None = None,
+                   tokenizer: dict[str, str] | None = None) -> dict[str, str]:
+    """A model file's metadata; `tokenizer` is Tokenizer.to_metadata() (None: ours)."""
+    meta = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
+        "family": family_name(config),
         "config": config.to_json(),
         "tokenizer": TOKENIZER_NAME,
         "quantization": json.dumps(quantization or {"scheme": "none"}, sort_keys=True),
         "provenance": json.dumps(provenance or {}, sort_keys=True, default=str),
     }
+    if tokenizer:
+        clash = sorted(set(tokenizer) & set(_OWN_KEYS))
+        if clash or tokenizer.get("tokenizer", TOKENIZER_NAME) not in TOKENIZERS:
+            raise ValueError(f"tokenizer metadata may not set {clash or ['tokenizer']}")
+        meta.update(tokenizer)
+    return meta
 
 
 def save_tensors_atomic(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor],
@@ -221,10 +252,11 @@ def save_tensors_atomic(path: str | os.PathLike[str], tensors: dict[str, torch.T
         raise
 
 
-def save_model(model: GPT, path: str | os.PathLike[str], provenance: dict[str, Any] | None = None,
-               dtype: torch.dtype | None = None) -> None:
-    """Save plain weights (the tied head is stored once, as transformer.wte.weight)."""
-    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+def save_model(model: CausalLM, path: str | os.PathLike[str], provenance: dict[str, Any] | None = None,
+               dtype: torch.dtype | None = None, tokenizer: dict[str, str] | None = None) -> None:
+    """Save plain weights (a tied head is stored once, as the embedding); `tokenizer` is the
+    tokenizer's metadata (Tokenizer.to_metadata(); None for ours)."""
+    state = {k: v for k, v in model.state_dict().items() if not (model.tied_embeddings and k == "lm_head.weight")}
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    save_tensors_atomic(path, state, model_metadata(model.config, provenance))
+    save_tensors_atomic(path, state, model_metadata(model.config, provenance, tokenizer=tokenizer))

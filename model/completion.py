@@ -9,9 +9,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from codeassist.model import tokenizer as tok
 from codeassist.model.engine import Engine, GenerationRequest, GenerationResult, StopRules
 from codeassist.model.sampling import SamplingParams
+from codeassist.model.tokenization import Tokenizer, resolve
 
 # Python statements that start a new top-level unit end a suggestion
 DEFAULT_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\n\n\n")
@@ -23,24 +23,30 @@ class Prompt:
     forced_prefix: bytes  # the healed text, which the output must start with
 
 
-def build_prompt(prefix: str, suffix: str, max_prompt_tokens: int, heal: bool = True) -> Prompt:
-    """SPM fill-in-the-middle when there is code after the cursor, else plain left-to-right.
+def build_prompt(prefix: str, suffix: str, max_prompt_tokens: int, heal: bool = True,
+                 tokenizer: Tokenizer | None = None) -> Prompt:
+    """Fill-in-the-middle in the tokenizer's template (ours: SPM) when there is code after the
+    cursor and the model has a template, else plain left-to-right (BOS or end of text first).
 
     The budget keeps the text nearest the cursor: the end of the prefix and the start of the
     suffix (the suffix gets at most a quarter). With `heal`, the last prefix token is removed
     and its bytes become the forced start of the output (token healing).
     """
-    prefix_ids = tok.encode(prefix)
+    tk = resolve(tokenizer)
+    prefix_ids = tk.encode(prefix)
     forced = b""
-    if heal and prefix_ids and _is_utf8(tok.token_bytes(prefix_ids[-1])):
-        forced = tok.token_bytes(prefix_ids[-1])
+    if heal and prefix_ids and _is_utf8(tk.token_bytes(prefix_ids[-1])):
+        forced = tk.token_bytes(prefix_ids[-1])
         prefix_ids = prefix_ids[:-1]
-    if suffix.strip():
-        suffix_ids = tok.encode(suffix)[: max(0, max_prompt_tokens // 4)]
-        room = max(1, max_prompt_tokens - len(suffix_ids) - 3)
-        ids = tok.build_fim_ids(prefix_ids[-room:] if len(prefix_ids) > room else prefix_ids, suffix_ids)
+    if suffix.strip() and tk.fim:
+        suffix_ids = tk.encode(suffix)[: max(0, max_prompt_tokens // 4)]
+        markers = len(tk.fim_ids([], []))
+        room = max(1, max_prompt_tokens - len(suffix_ids) - markers)
+        ids = tk.fim_ids(prefix_ids[-room:] if len(prefix_ids) > room else prefix_ids, suffix_ids)
     else:
-        ids = [tok.EOT_ID, *prefix_ids[-(max_prompt_tokens - 1):]] if max_prompt_tokens > 1 else [tok.EOT_ID]
+        lead = tk.lead_ids()
+        keep = max_prompt_tokens - len(lead)
+        ids = [*lead, *prefix_ids[-keep:]] if keep > 0 else lead
     return Prompt(ids=tuple(ids), forced_prefix=forced)
 
 
@@ -57,11 +63,12 @@ def complete(engine: Engine, prefix: str, suffix: str = "", max_new_tokens: int 
              stop: tuple[str, ...] = DEFAULT_STOPS, time_budget_s: float | None = None,
              seed: int | None = None, cancel: threading.Event | None = None) -> tuple[str, GenerationResult]:
     """(the text to insert at the cursor, the engine's result)."""
-    budget = engine.config.block_size - max_new_tokens
+    context = engine.context_tokens
+    budget = context - max_new_tokens
     if budget < 8:
-        max_new_tokens = max(1, engine.config.block_size // 2)
-        budget = engine.config.block_size - max_new_tokens
-    prompt = build_prompt(prefix, suffix, budget)
+        max_new_tokens = max(1, context // 2)
+        budget = context - max_new_tokens
+    prompt = build_prompt(prefix, suffix, budget, tokenizer=engine.tokenizer)
     stops = tuple(stop)
     if suffix.strip():
         first = suffix.strip().splitlines()[0]

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from codeassist.model import tokenizer as tok
 from codeassist.model.healing import allowed_tokens
+from codeassist.model.tokenization import Tokenizer, resolve
 
 KEY = 3  # tokens in a lookup key: shorter matches say too little
 MAX_MATCH = 64  # tokens compared back from the cursor (more than MAX_MATCH_CHARS characters)
@@ -31,7 +31,10 @@ MAX_DECODED = 64  # occurrences decoded per lookup, longest match first
 MAX_MATCH_CHARS = 120  # a match longer than this counts as this long (the copy heuristic's cap)
 MIN_TEXT_MATCH = 6  # characters: a shorter text match says nothing
 _SEP = -1  # between segments: no key and no match crosses it
-_BITS = 17  # 2**17 > vocabulary size: a key packs KEY token ids into one int64 exactly
+# A key packs KEY token ids into one int64 exactly: 3 x 21 bits holds ids below 2**21 (Qwen's
+# 151,936 need 18 bits); the order of keys is the ids' order whatever the width.
+_BITS = 21
+MAX_ID = 1 << _BITS
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,10 @@ class Candidate:
 class CopyIndex:
     """Token n-gram occurrences over segments of token ids (files, or parts of the document)."""
 
-    def __init__(self, segments: Iterable[Sequence[int] | np.ndarray]) -> None:
+    def __init__(self, segments: Iterable[Sequence[int] | np.ndarray], tokenizer: Tokenizer | None = None) -> None:
+        self.tokenizer = resolve(tokenizer)  # what the ids are: their bytes are read back through it
+        if self.tokenizer.n_vocab > MAX_ID:
+            raise ValueError(f"a vocabulary of {self.tokenizer.n_vocab} ids does not fit the copy index's keys")
         parts: list[np.ndarray] = []
         for seg in segments:
             if len(seg):
@@ -123,7 +129,7 @@ class CopyIndex:
         for t in self.tokens[max(0, end - limit):end][::-1]:
             if t < 0 or n >= limit:
                 break
-            out.append(tok.token_bytes(int(t)))
+            out.append(self.tokenizer.token_bytes(int(t)))
             n += len(out[-1])
         return b"".join(reversed(out))
 
@@ -134,7 +140,7 @@ class CopyIndex:
         for t in self.tokens[end:end + MAX_CONTINUATION]:
             if t < 0:
                 break
-            out += tok.token_bytes(int(t))
+            out += self.tokenizer.token_bytes(int(t))
             nl = out.find(b"\n", skip)
             if nl >= 0:
                 return bytes(out[:nl])
@@ -142,7 +148,8 @@ class CopyIndex:
 
 
 def find_candidates(indexes: Sequence[tuple[CopyIndex, np.ndarray | None]], context: Sequence[int],
-                    forced: str, limit: int = 3, typed: Sequence[int] = ()) -> list[Candidate]:
+                    forced: str, limit: int = 3, typed: Sequence[int] = (),
+                    tokenizer: Tokenizer | None = None) -> list[Candidate]:
     """Distinct rests of the line after the text before the cursor, best first.
 
     Two lookups, the longer match wins: the healed tokens `context` followed by any token that
@@ -151,12 +158,15 @@ def find_candidates(indexes: Sequence[tuple[CopyIndex, np.ndarray | None]], cont
     A rest ranks by its longest match in characters, then by how often it followed a match that
     long (the copy heuristic's order). A rest that begins with whitespace after whitespace at
     the cursor (another indentation) or holds no code is no candidate. Each begins with `forced`.
+    `tokenizer` made `context`, `typed` and every index (ours when None).
     """
+    tk = resolve(tokenizer)
+    tb = tk.token_bytes
     want = forced.encode("utf-8")
     found: list[tuple[int, CopyIndex, int, int]] = []  # (match characters, index, end, bytes to skip)
-    first = np.asarray(allowed_tokens(want), dtype=np.int32) if want else None
+    first = np.asarray(allowed_tokens(want, tk), dtype=np.int32) if want else None
     for ctx, skip in ((context, len(want)), (typed, 0)):
-        widths = np.cumsum([len(tok.token_bytes(int(t))) for t in reversed(ctx[-MAX_MATCH:])] or [0])
+        widths = np.cumsum([len(tb(int(t))) for t in reversed(ctx[-MAX_MATCH:])] or [0])
         for index, dead in indexes:
             ends, lengths = index.matches(ctx, dead)
             if skip and first is not None and len(ends):  # the next token must spell out what was typed
@@ -169,8 +179,8 @@ def find_candidates(indexes: Sequence[tuple[CopyIndex, np.ndarray | None]], cont
     if not found:
         return []
     found.sort(key=lambda f: -f[0])
-    after_space = want[-1:].isspace() or (not want and bool(typed) and tok.token_bytes(int(typed[-1]))[-1:].isspace())
-    before = b"".join(tok.token_bytes(int(t)) for t in typed[-MAX_MATCH:])[-MAX_MATCH_CHARS:] if typed else b""
+    after_space = want[-1:].isspace() or (not want and bool(typed) and tb(int(typed[-1]))[-1:].isspace())
+    before = b"".join(tb(int(t)) for t in typed[-MAX_MATCH:])[-MAX_MATCH_CHARS:] if typed else b""
     best: dict[bytes, list[int]] = {}  # rest after the cursor -> [longest match, count at that length]
     for chars, index, end, skip in found[:MAX_DECODED]:
         rest = index.continuation(end, skip)

@@ -14,6 +14,11 @@ emitted token, drafted or not, passes the same stop checks, so a stop inside an 
 ends the output there. The per-token cost is one forward pass over a static KV cache plus one
 host synchronisation, for the token id that the stop rules must read (one per verify pass when
 speculating).
+
+The engine carries its model's tokenizer (`engine.tokenizer`, model/tokenization.py): ours for
+our model files, a Hugging Face tokenizer.json for the open families. Nothing here assumes
+GPT-2 ids: ends come from `tokenizer.stop_ids`, and the other special ids (control tokens, the
+embedding's padding rows) are masked out while decoding, so a completion is always text.
 """
 
 from __future__ import annotations
@@ -23,12 +28,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from codeassist.model import tokenizer as tok
-from codeassist.model.checkpoint import ModelInfo, load_model
-from codeassist.model.gpt import GPT
+from codeassist.model.checkpoint import ModelFileError, ModelInfo, load_model
 from codeassist.model.healing import PrefixConstraint
 from codeassist.model.sampling import SamplingParams, sample_next
 from codeassist.model.speculative import (
@@ -41,8 +45,23 @@ from codeassist.model.speculative import (
     verify_sampling,
 )
 from codeassist.model.store import resolve_model
+from codeassist.model.tokenization import (
+    HFTokenizer,
+    Tokenizer,
+    TokenizerFileError,
+    codeassist_tokenizer,
+    resolve,
+    tokenizer_from_metadata,
+)
+
+if TYPE_CHECKING:
+    from codeassist.model.causal_lm import CausalLM  # every family's interface (model/causal_lm.py)
 
 log = logging.getLogger(__name__)
+
+# The longest context the engine allocates keys and values for: a model trained on 32k positions
+# (Qwen2.5-Coder) would otherwise take 32k cache slots per layer; a completion prompt needs far fewer.
+MAX_CONTEXT = 4096
 
 
 @dataclass(frozen=True)
@@ -117,12 +136,16 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 class Engine:
-    def __init__(self, model: GPT, device: torch.device | None = None, dtype: torch.dtype | None = None,
-                 info: ModelInfo | None = None, name: str = "custom", draft_model: GPT | None = None) -> None:
+    def __init__(self, model: CausalLM, device: torch.device | None = None, dtype: torch.dtype | None = None,
+                 info: ModelInfo | None = None, name: str = "custom", draft_model: CausalLM | None = None,
+                 tokenizer: Tokenizer | None = None) -> None:
         self.device = device or next(model.parameters()).device
         self.dtype = dtype or default_dtype(self.device)
         self.model = _prepare(model, self.device, self.dtype)
         self.config = model.config
+        self.tokenizer = resolve(tokenizer)  # ours unless the model came with its own
+        self.context = min(self.config.block_size, MAX_CONTEXT)  # prompt + output, in tokens
+        self._masks: dict[bool, torch.Tensor | None] = {}
         self.info = info
         self.name = name
         self._cached: list[int] = []  # tokens whose keys/values are in row 0 of the cache
@@ -139,11 +162,22 @@ class Engine:
         `draft` names a smaller model with the same tokenizer for draft-model speculation.
         """
         dev = pick_device(device)
-        gpt, info, name = _load_gpt(model)
-        draft_gpt = _load_gpt(draft)[0] if draft is not None else None
-        return cls(gpt, dev, dtype, info=info, name=name, draft_model=draft_gpt)
+        want = dtype or default_dtype(dev)
+        lm, info, name, tokenizer = load_any(model, dev, want)
+        draft_lm = None
+        if draft is not None:
+            draft_lm, _, _, draft_tok = load_any(draft, dev, want)
+            if draft_tok.to_metadata() != tokenizer.to_metadata():
+                raise ModelFileError(f"the draft model {draft} has another tokenizer than the model; "
+                                     "speculation needs the same one")
+        return cls(lm, dev, dtype, info=info, name=name, draft_model=draft_lm, tokenizer=tokenizer)
 
-    def set_draft_model(self, model: GPT | None) -> None:
+    @property
+    def context_tokens(self) -> int:
+        """Prompt + completion must fit this (the model's context, capped at MAX_CONTEXT)."""
+        return self.context
+
+    def set_draft_model(self, model: CausalLM | None) -> None:
         """The drafter for `SpeculationParams(method="draft")`; it must share the tokenizer."""
         if model is None:
             self.draft = None
@@ -153,7 +187,7 @@ class Engine:
         if model.config.vocab_size != self.config.vocab_size:
             raise ValueError(f"the draft model's vocabulary ({model.config.vocab_size}) differs from the "
                              f"model's ({self.config.vocab_size}); it must use the same tokenizer")
-        self.draft = DraftModel(model, self.device, self.dtype)
+        self.draft = DraftModel(model, self.device, self.dtype, context=self.context)
 
     def reset_prefix(self) -> None:
         """Forget the cached prompt, so the next request prefills from scratch (benchmarks)."""
@@ -165,7 +199,7 @@ class Engine:
 
     def _ensure_cache(self, batch_size: int) -> None:
         if self.model.kv_batch_size != batch_size:
-            self.model.setup_kv_cache(batch_size, self.config.block_size, dtype=self.dtype)
+            self.model.setup_kv_cache(batch_size, self.context, dtype=self.dtype)
             self._cached = []
 
     def prefill(self, ids: list[int], start_pos: int) -> torch.Tensor:
@@ -199,7 +233,7 @@ class Engine:
         t0 = time.perf_counter()
         deadline = t0 + req.stop.time_budget_s if req.stop.time_budget_s else None
         prompt, max_new, truncated = fit_to_context(list(req.prompt), req.stop.max_new_tokens,
-                                                    self.config.block_size)
+                                                    self.context)
         if not prompt:
             raise ValueError("the prompt is empty")
         spec = req.speculation
@@ -212,10 +246,10 @@ class Engine:
         self._cached = list(prompt)
         prefill_ms = (time.perf_counter() - t0) * 1e3
         gen = _generator(req.seed, self.device)
-        constraint = PrefixConstraint(req.forced_prefix) if req.forced_prefix else None
+        constraint = PrefixConstraint(req.forced_prefix, self.tokenizer) if req.forced_prefix else None
         drafter = Drafter(spec, prompt, self.draft) if should_speculate(spec, 1) else None
         out: list[int] = []
-        decoder = _TextDecoder()
+        decoder = _TextDecoder(self.tokenizer)
         reason = "max_tokens" if max_new > 0 else "context"
         first_ms = 0.0
         pos = len(prompt)  # the position of the next token fed to the model
@@ -240,8 +274,7 @@ class Engine:
                 assert logits is not None
                 if constraint is not None and not constraint.done:
                     logits = constraint.mask(logits)
-                if not req.stop.stop_on_eos:
-                    logits = _no_specials(logits)
+                logits = self._mask_specials(logits, req.stop.stop_on_eos)
                 pending = [sample_next(logits, req.sampling, gen)]
                 if constraint is not None:
                     constraint.advance(pending[0])
@@ -251,7 +284,7 @@ class Engine:
             for j, token in enumerate(pending):
                 if not out and not first_ms:
                     first_ms = (time.perf_counter() - t0) * 1e3
-                if req.stop.stop_on_eos and tok.is_special(token):
+                if req.stop.stop_on_eos and self._ends(token):
                     reason, stopped = "eos", True
                     break
                 out.append(token)
@@ -264,7 +297,7 @@ class Engine:
                     reason, stopped = "time", True
                 elif len(out) >= max_new:
                     stopped = True
-                elif j == len(pending) - 1 and pos >= self.config.block_size:  # no slot to feed it
+                elif j == len(pending) - 1 and pos >= self.context:  # no slot to feed it
                     reason, stopped = "context", True
                 if stopped:
                     break
@@ -272,7 +305,7 @@ class Engine:
                 break
             last, pending = pending[-1], []
             # room for drafts: the context, and the tokens still wanted after `last`
-            room = min(self.config.block_size - 1 - pos, max_new - len(out) - 1)
+            room = min(self.context - 1 - pos, max_new - len(out) - 1)
             draft: list[int] = []
             q: torch.Tensor | None = None
             if drafter is not None and room > 0 and (constraint is None or constraint.done):
@@ -313,11 +346,11 @@ class Engine:
         last, so the cache holds its keys and values past the prompt for the next keystroke.
         """
         first = torch.log_softmax(logits, dim=-1)
-        room = min(max_new, self.config.block_size - pos)
+        room = min(max_new, self.context - pos)
         forced = req.forced_prefix
         scored: list[tuple[float, list[int], str]] = []
         for text in req.copy.candidates:
-            ids = tok.encode(text + "\n")
+            ids = self.tokenizer.encode(text + "\n")
             if not text.encode("utf-8").startswith(forced) or len(ids) < 2 or len(ids) > room:
                 scored.append((float("-inf"), ids, text))
                 continue
@@ -333,6 +366,27 @@ class Engine:
             self.score_tokens(ids[:-1], pos)  # put the chosen candidate's keys and values back
         return (ids, text), scores
 
+    def _ends(self, token: int) -> bool:
+        """A stop id ends the completion; so does any other special id that a path without the
+        mask chose (a verified draft): it has no text."""
+        return token in self.tokenizer.stop_ids or self.tokenizer.is_special(token)
+
+    def _mask_specials(self, logits: torch.Tensor, stop_on_eos: bool) -> torch.Tensor:
+        """Logits with the ids that may not be chosen set to -inf: the special ids that are not
+        stops (control tokens, the embedding's padding rows), and without the end-of-text stop
+        (`stop_on_eos` False) the stops too. The same object when nothing is masked."""
+        if stop_on_eos not in self._masks:
+            t = self.tokenizer
+            size = logits.size(-1)
+            ban = {i for i in t.special_ids() if i < size} | set(range(min(t.n_vocab, size), size))
+            if stop_on_eos:
+                ban -= t.stop_ids
+            self._masks[stop_on_eos] = torch.tensor(sorted(ban), device=logits.device) if ban else None
+        idx = self._masks[stop_on_eos]
+        if idx is None:
+            return logits
+        return logits.index_fill(-1, idx, float("-inf"))
+
     def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Several prompts decoded together in one batch (no prefix reuse).
 
@@ -347,7 +401,7 @@ class Engine:
     def _generate_batch(self, reqs: list[GenerationRequest]) -> list[GenerationResult]:
         t0 = time.perf_counter()
         B = len(reqs)
-        fitted = [fit_to_context(list(r.prompt), r.stop.max_new_tokens, self.config.block_size) for r in reqs]
+        fitted = [fit_to_context(list(r.prompt), r.stop.max_new_tokens, self.context) for r in reqs]
         if any(not p for p, _, _ in fitted):
             raise ValueError("a prompt is empty")
         self._ensure_cache(B)
@@ -355,18 +409,19 @@ class Engine:
         lengths = [len(p) for p, _, _ in fitted]
         T = max(lengths)
         # right-pad: slots past a row's length are masked, then overwritten by its own decode steps
-        x = torch.tensor([p + [tok.EOT_ID] * (T - len(p)) for p, _, _ in fitted], device=self.device)
+        pad = self.tokenizer.eot_id
+        x = torch.tensor([p + [pad] * (T - len(p)) for p, _, _ in fitted], device=self.device)
         pos = torch.arange(T, device=self.device).unsqueeze(0)
         logits = self.model.last_token_logits(x, pos, T, lengths).float()  # (B, vocab)
         prefill_ms = (time.perf_counter() - t0) * 1e3
         gens = [_generator(r.seed, self.device) for r in reqs]
         outs: list[list[int]] = [[] for _ in reqs]
-        decoders = [_TextDecoder() for _ in reqs]
+        decoders = [_TextDecoder(self.tokenizer) for _ in reqs]
         reasons = ["max_tokens"] * B
         done = [mx == 0 for _, mx, _ in fitted]
-        constraints = [PrefixConstraint(r.forced_prefix) if r.forced_prefix else None for r in reqs]
+        constraints = [PrefixConstraint(r.forced_prefix, self.tokenizer) if r.forced_prefix else None for r in reqs]
         cur = list(lengths)
-        step_tokens = [tok.EOT_ID] * B
+        step_tokens = [pad] * B
         while not all(done):
             for b in range(B):
                 if done[b]:
@@ -375,13 +430,12 @@ class Engine:
                 c = constraints[b]
                 if c is not None and not c.done:
                     row = c.mask(row)
-                if not reqs[b].stop.stop_on_eos:
-                    row = _no_specials(row)
+                row = self._mask_specials(row, reqs[b].stop.stop_on_eos)
                 token = sample_next(row, reqs[b].sampling, gens[b])
                 if c is not None:
                     c.advance(token)
                 step_tokens[b] = token
-                if reqs[b].stop.stop_on_eos and tok.is_special(token):
+                if reqs[b].stop.stop_on_eos and self._ends(token):
                     done[b], reasons[b] = True, "eos"
                     continue
                 outs[b].append(token)
@@ -390,14 +444,14 @@ class Engine:
                     done[b], reasons[b] = True, "stop"
                 elif len(outs[b]) >= fitted[b][1]:
                     done[b] = True
-                elif cur[b] >= self.config.block_size:
+                elif cur[b] >= self.context:
                     done[b], reasons[b] = True, "context"
             if all(done):
                 break
             # finished rows still step (their output is ignored) so the batch stays rectangular
             x = torch.tensor([[t] for t in step_tokens], device=self.device)
-            p = torch.tensor([[min(c, self.config.block_size - 1)] for c in cur], device=self.device)
-            logits = self.model(x, p, min(max(cur) + 1, self.config.block_size))[:, -1].float()
+            p = torch.tensor([[min(c, self.context - 1)] for c in cur], device=self.device)
+            logits = self.model(x, p, min(max(cur) + 1, self.context))[:, -1].float()
             cur = [c + 1 for c in cur]
         results = []
         total_ms = (time.perf_counter() - t0) * 1e3
@@ -411,17 +465,34 @@ class Engine:
         return results
 
 
-def _load_gpt(model: str | Path) -> tuple[GPT, ModelInfo | None, str]:
+def load_any(model: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+             ) -> tuple[CausalLM, ModelInfo | None, str, Tokenizer]:
+    """(model, its file's info, display name, its tokenizer) for a name, a model file or a
+    Hugging Face folder; raises ModelFileError with one sentence.
+
+    A folder whose config.json says gpt2 loads into our vocabulary (model/hf_gpt2.py, our
+    tokenizer); any other family (Llama, Qwen2, GPTBigCode) through model/families.py, with the
+    folder's tokenizer.json. A model file carries its tokenizer in its metadata."""
     path, name = resolve_model(model)
-    if path.is_dir():
-        from codeassist.model.hf_gpt2 import load_hf_gpt2
+    try:
+        if path.is_dir():
+            from codeassist.model.families import family_of, load_pretrained
 
-        return load_hf_gpt2(path), None, name
-    gpt, info = load_model(path)
-    return gpt, info, name
+            if family_of(path) == "gpt2":
+                from codeassist.model.hf_gpt2 import load_hf_gpt2
+
+                return load_hf_gpt2(path), None, name, codeassist_tokenizer()
+            tokenizer = HFTokenizer.from_folder(path)  # before the weights: a bad folder fails fast
+            lm, _ = load_pretrained(path, device, dtype)
+            return lm, None, name, tokenizer
+        lm, info = load_model(path)
+        meta = getattr(info, "meta", None) or {"tokenizer": info.tokenizer}
+        return lm, info, name, tokenizer_from_metadata(meta)
+    except TokenizerFileError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
 
 
-def _prepare(model: GPT, device: torch.device, dtype: torch.dtype) -> GPT:
+def _prepare(model: CausalLM, device: torch.device, dtype: torch.dtype) -> CausalLM:
     model = model.to(device)
     if any(p.is_floating_point() and p.dtype != dtype for p in model.parameters()):
         model = model.to(dtype=dtype)
@@ -435,15 +506,6 @@ def fit_to_context(prompt: list[int], max_new: int, block_size: int) -> tuple[li
     if len(prompt) > room:
         return prompt[len(prompt) - room:], max_new, True
     return prompt, max_new, False
-
-
-def _no_specials(logits: torch.Tensor) -> torch.Tensor:
-    """Without the end-of-text stop, neither it, the FIM markers nor the vocabulary's padding
-    ids (which have no text) may be chosen."""
-    logits = logits.clone()
-    logits[tok.EOT_ID] = float("-inf")
-    logits[tok.FIM_PREFIX_ID:] = float("-inf")
-    return logits
 
 
 def _forced_len(req: GenerationRequest) -> int:
@@ -470,11 +532,12 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator | None
 class _TextDecoder:
     """Incremental bytes → text; an incomplete UTF-8 sequence at the end waits for its next token."""
 
-    def __init__(self) -> None:
+    def __init__(self, tokenizer: Tokenizer) -> None:
         self._buf = bytearray()
+        self._token_bytes = tokenizer.token_bytes
 
     def push(self, token: int) -> str:
-        self._buf += tok.token_bytes(token)
+        self._buf += self._token_bytes(token)
         return self.text()
 
     def text(self) -> str:

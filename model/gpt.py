@@ -14,34 +14,10 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from codeassist.model.causal_lm import CausalLM, KVCache, attend
 from codeassist.model.config import ModelConfig
-from codeassist.model.fused_ce import linear_cross_entropy
 
-
-class KVCache(nn.Module):
-    """A static cache: (B, n_head, S, head_dim) keys and values, written in place."""
-
-    def __init__(self, batch_size: int, max_seq: int, n_head: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str) -> None:
-        super().__init__()
-        shape = (batch_size, n_head, max_seq, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.k: torch.Tensor
-        self.v: torch.Tensor
-
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # input_pos: (B, T), or (1, T) when every row writes the same slots; k, v: (B, nh, T, hs)
-        B = k.size(0)
-        if input_pos.size(0) == 1:
-            self.k[:B].index_copy_(2, input_pos[0], k)
-            self.v[:B].index_copy_(2, input_pos[0], v)
-        else:
-            rows = torch.arange(B, device=k.device).unsqueeze(1)  # (B, 1)
-            self.k[rows, :, input_pos] = k.transpose(1, 2)  # advanced indices first: (B, T, nh, hs)
-            self.v[rows, :, input_pos] = v.transpose(1, 2)
-        return self.k[:B, :, :kv_len], self.v[:B, :, :kv_len]
+__all__ = ["GPT", "KVCache", "ModelConfig", "gelu_tanh"]
 
 
 class CausalSelfAttention(nn.Module):
@@ -63,25 +39,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
-        if self.kv_cache is None or input_pos is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                               dropout_p=self.dropout if self.training else 0.0)
-        else:
-            k, v = self.kv_cache.update(input_pos, k, v, kv_len)  # (B, nh, S, hs), S = kv_len
-            if T == 1 and input_pos.numel() == 1:
-                # one query at the last slot (batch-1 decoding): it sees every slot, so no mask
-                y = F.scaled_dot_product_attention(q, k, v)
-            elif kv_len == T:
-                # a fresh prefill: positions increase along a row, so T of them below kv_len = T
-                # are 0..T-1 in every row, and the mask is the causal one (the kernel skips the
-                # upper triangle instead of reading a mask)
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            else:
-                # a query at position p sees cache slots 0..p; slots past a row's length hold stale
-                # values and are masked here, then overwritten before any query can reach them
-                slots = torch.arange(kv_len, device=x.device)
-                mask = slots.view(1, 1, 1, kv_len) <= input_pos.view(-1, 1, T, 1)  # (B|1, 1, T, S)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = attend(q, k, v, self.kv_cache, input_pos, kv_len, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -146,7 +104,14 @@ class Transformer(nn.Module):
         return [b for b in self.h if isinstance(b, Block)]
 
 
-class GPT(nn.Module):
+class GPT(CausalLM):
+    config: ModelConfig
+    transformer: Transformer
+    lm_head: nn.Linear
+    LAYERS = "transformer.h"
+    BLOCK_LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    EMBEDDING = "transformer.wte"
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -169,21 +134,16 @@ class GPT(nn.Module):
             elif "ln" in name and name.endswith("weight"):
                 p.data.fill_(1.0)
 
-    def setup_kv_cache(self, batch_size: int, max_seq: int | None = None,
-                       dtype: torch.dtype | None = None) -> None:
-        max_seq = max_seq or self.config.block_size
-        if max_seq > self.config.block_size:
-            raise ValueError(f"max_seq {max_seq} exceeds block_size {self.config.block_size}")
-        ref = self.transformer.wpe.weight
-        for block in self.transformer.blocks():
-            block.attn.kv_cache = KVCache(batch_size, max_seq, self.config.n_head, self.config.head_dim,
-                                          dtype or ref.dtype, ref.device)
-        self.kv_batch_size = batch_size
+    def attention_layers(self) -> list[CausalSelfAttention]:
+        return [block.attn for block in self.transformer.blocks()]
 
-    def drop_kv_cache(self) -> None:
-        for block in self.transformer.blocks():
-            block.attn.kv_cache = None
-        self.kv_batch_size = 0
+    @property
+    def kv_heads(self) -> int:
+        return self.config.n_head
+
+    @property
+    def anchor(self) -> torch.Tensor:
+        return self.transformer.wpe.weight
 
     def hidden_states(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None,
                       kv_len: int = 0) -> torch.Tensor:
@@ -199,40 +159,3 @@ class GPT(nn.Module):
         for block in self.transformer.blocks():
             x = block(x, input_pos, kv_len)
         return self.transformer.ln_f(x)
-
-    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, kv_len: int = 0,
-                last_only: bool = False, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab); with last_only, (B, 1, vocab) for the last position only.
-
-        With targets (B, T) it returns the mean cross-entropy instead (targets of -1 are
-        skipped), without materialising the logits in fp32 training (see model/fused_ce.py).
-        """
-        x = self.hidden_states(idx, input_pos, kv_len)
-        if targets is not None:
-            return self._head_loss(x, targets)
-        if last_only:
-            x = x[:, -1:, :]
-        logits: torch.Tensor = self.lm_head(x)
-        return logits
-
-    def last_token_logits(self, idx: torch.Tensor, input_pos: torch.Tensor, kv_len: int,
-                          lengths: list[int]) -> torch.Tensor:
-        """Logits (B, vocab) after each row's last real token, for right-padded rows of `lengths`
-        tokens: the head runs on B positions, not B x T."""
-        hidden = self.hidden_states(idx, input_pos, kv_len)  # (B, T, C)
-        rows = torch.arange(idx.size(0), device=idx.device)
-        last = torch.tensor(lengths, device=idx.device) - 1
-        logits: torch.Tensor = self.lm_head(hidden[rows, last])
-        return logits
-
-    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss: torch.Tensor = self(idx, targets=targets)
-        return loss
-
-    def _head_loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if torch.is_autocast_enabled(x.device.type) or x.dtype != torch.float32:
-            # reduced precision: the plain head, with the softmax in fp32
-            logits = self.lm_head(x)
-            return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=-1)
-        return linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))

@@ -5,8 +5,11 @@ A quantized model file is an ordinary codeassist model file whose `quantization`
     {"scheme": "int8", "head": "int8"}                      or
     {"scheme": "int4", "group_size": 64, "head": "int8", "method": "rtn" | "gptq", ...}
 
-`scheme` covers the linear layers of the blocks; `head` covers the tied embedding / output head
-(`none` keeps it float). Tensors, named after the module that holds them:
+`scheme` covers the linear layers of the blocks; `head` covers the embedding and the output head
+(`none` keeps them float): one table when they are tied, two quantized separately when they are
+not (Llama, some Qwen2). Every family names its layers in its module class (CausalLM.LAYERS,
+BLOCK_LINEARS, EMBEDDING), so this module knows no family. Tensors, named after the module that
+holds them:
 
     int8   NAME.qweight int8 (N, K); NAME.scales float (N,)             w = qweight * scale
     int4   NAME.qweight uint8 (N, K/2), the even column in the high nibble, the odd in the low;
@@ -35,10 +38,10 @@ anchor row pinning the scale) made rows independent, but cost 60-70% more decode
 The CUDA paths were not run on a GPU here: the Triton kernel was checked with Triton's CPU
 interpreter, and the int4 one follows torch's tinygemm conventions (as torchao/gpt-fast call it).
 
-The embedding is tied to the output head: the head runs the quantized matmul and the embedding
-looks up and dequantizes only the rows it needs, so the table is stored once, quantized.
+A tied embedding is one table: the head runs the quantized matmul and the embedding looks up
+and dequantizes only the rows it needs, so the table is stored once, quantized.
 
-`dequantize_model(model)` turns any of these back into a float GPT (for fine-tuning).
+`dequantize_model(model)` turns any of these back into a float model (for fine-tuning).
 """
 
 from __future__ import annotations
@@ -53,22 +56,21 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from codeassist.model import quantized_triton
+from codeassist.model.architectures import FamilyConfig, build_model, model_class
+from codeassist.model.causal_lm import CausalLM
 from codeassist.model.checkpoint import QUANTIZED_LOADERS, ModelFileError, ModelInfo
-from codeassist.model.config import ModelConfig
-from codeassist.model.gpt import GPT
 
 log = logging.getLogger(__name__)
 
 SCHEMES = ("int8", "int4")
 HEAD_SCHEMES = ("none", "int8", "int4")
 GROUP_SIZES = (32, 64, 128, 256)
-BLOCK_LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 
 @dataclass(frozen=True)
 class QuantSpec:
     scheme: str  # the blocks' linear layers: int8 | int4
-    head: str = "int8"  # the tied embedding / output head: none | int8 | int4
+    head: str = "int8"  # the embedding and output head: none | int8 | int4
     group_size: int = 64  # int4 only
 
     @classmethod
@@ -313,7 +315,7 @@ class Int4Linear(nn.Module):
 
 
 class Int8Embedding(Int8Linear):
-    """The tied table: looked up as an embedding, multiplied as the output head (TiedHead)."""
+    """A quantized embedding table: looked up row by row; when tied, also the output head (TiedHead)."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, device: torch.device | str | None = None) -> None:
         super().__init__(embedding_dim, num_embeddings, bias=False, device=device)
@@ -352,22 +354,26 @@ QuantizedLinear = Int8Linear | Int4Linear
 
 # -- building and loading ----------------------------------------------------------------------
 
-def block_linear_names(config: ModelConfig) -> list[str]:
-    return [f"transformer.h.{i}.{name}" for i in range(config.n_layer) for name in BLOCK_LINEARS]
+def block_linear_names(config: FamilyConfig) -> list[str]:
+    cls = model_class(config)
+    return [f"{cls.LAYERS}.{i}.{name}" for i in range(config.n_layer) for name in cls.BLOCK_LINEARS]
 
 
-def swap_modules(model: GPT, spec: QuantSpec, device: torch.device | str = "meta") -> None:
-    """Replace the float linears (and the tied table) with empty quantized ones, in place."""
+def _quantized_linear(spec_scheme: str, in_features: int, out_features: int, bias: bool, group_size: int,
+                      device: torch.device | str) -> Int8Linear | Int4Linear:
+    if spec_scheme == "int8":
+        return Int8Linear(in_features, out_features, bias, device=device)
+    return Int4Linear(in_features, out_features, bias, group_size, device)
+
+
+def swap_modules(model: CausalLM, spec: QuantSpec, device: torch.device | str = "meta") -> None:
+    """Replace the float linears (and the embedding and head) with empty quantized ones, in place."""
     for name in block_linear_names(model.config):
         parent_name, attr = name.rsplit(".", 1)
         parent = model.get_submodule(parent_name)
         old = getattr(parent, attr)
-        new: nn.Module
-        if spec.scheme == "int8":
-            new = Int8Linear(old.in_features, old.out_features, old.bias is not None, device=device)
-        else:
-            new = Int4Linear(old.in_features, old.out_features, old.bias is not None, spec.group_size, device)
-        setattr(parent, attr, new)
+        setattr(parent, attr, _quantized_linear(spec.scheme, old.in_features, old.out_features,
+                                                old.bias is not None, spec.group_size, device))
     if spec.head == "none":
         return
     c = model.config
@@ -377,23 +383,28 @@ def swap_modules(model: GPT, spec: QuantSpec, device: torch.device | str = "meta
     else:
         table = Int4Embedding(c.vocab_size, c.n_embd, spec.group_size, device=device)
     table.dtype_anchor = torch.empty(0)  # never meta: it carries no data, only the dtype
-    model.transformer.wte = table  # type: ignore[assignment]
-    model.lm_head = TiedHead(table)  # type: ignore[assignment]
+    parent_name, attr = model.EMBEDDING.rsplit(".", 1)
+    setattr(model.get_submodule(parent_name), attr, table)
+    if model.tied_embeddings:
+        model.lm_head = TiedHead(table)
+    else:
+        model.lm_head = _quantized_linear(spec.head, c.n_embd, c.vocab_size, False, spec.group_size, device)
 
 
-def build_quantized_model(config: ModelConfig, quantization: dict[str, Any],
-                          tensors: dict[str, torch.Tensor]) -> GPT:
-    """A GPT with quantized modules holding `tensors` (a quantized model file's contents)."""
+def build_quantized_model(config: FamilyConfig, quantization: dict[str, Any],
+                          tensors: dict[str, torch.Tensor]) -> CausalLM:
+    """The model with quantized modules holding `tensors` (a quantized model file's contents)."""
     spec = QuantSpec.from_metadata(quantization)
     with torch.device("meta"):
-        model = GPT(config)
+        model = build_model(config)
     try:
         swap_modules(model, spec)
     except ValueError as exc:
         raise ModelFileError(f"the model file does not match its quantization metadata ({exc})") from None
     tensors = dict(tensors)
-    if spec.head == "none" and "lm_head.weight" not in tensors and "transformer.wte.weight" in tensors:
-        tensors["lm_head.weight"] = tensors["transformer.wte.weight"]
+    embedding = f"{model.EMBEDDING}.weight"
+    if spec.head == "none" and model.tied_embeddings and "lm_head.weight" not in tensors and embedding in tensors:
+        tensors["lm_head.weight"] = tensors[embedding]
     expected = model.state_dict()
     for key, ref in expected.items():
         got = tensors.get(key)
@@ -409,14 +420,13 @@ def build_quantized_model(config: ModelConfig, quantization: dict[str, Any],
         first = str(exc).splitlines()[1:2] or [str(exc)]
         raise ModelFileError(f"the model file does not match its quantization metadata ({first[0].strip()[:200]})"
                              ) from None
-    if spec.head == "none":
-        model.lm_head.weight = model.transformer.wte.weight  # re-tie after assign
+    model.tie_weights()  # a float tied head: re-tie after assign
     for p in model.parameters():
         p.requires_grad_(False)
     return model
 
 
-def _load(info: ModelInfo, tensors: dict[str, torch.Tensor]) -> GPT:
+def _load(info: ModelInfo, tensors: dict[str, torch.Tensor]) -> CausalLM:
     return build_quantized_model(info.config, info.quantization, tensors)
 
 
@@ -426,19 +436,19 @@ for _scheme in SCHEMES:
 
 # -- back to floats ----------------------------------------------------------------------------
 
-def is_quantized(model: GPT) -> bool:
+def is_quantized(model: CausalLM) -> bool:
     return any(isinstance(m, Int8Linear | Int4Linear) for m in model.modules())
 
 
-def dequantize_model(model: GPT, dtype: torch.dtype = torch.float32) -> GPT:
-    """A float GPT computing what `model` computes (a plain GPT is returned unchanged).
+def dequantize_model(model: CausalLM, dtype: torch.dtype = torch.float32) -> CausalLM:
+    """A float model computing what `model` computes (a float model is returned unchanged).
 
     For fine-tuning from a quantized model, e.g. the embedded default: its weights are the
-    dequantized ones, trainable, and the embedding is tied to the head again.
+    dequantized ones, trainable, and a tied embedding is tied to the head again.
     """
     if not is_quantized(model):
         return model
-    device = model.transformer.wpe.weight.device
+    device = model.anchor.device
     state: dict[str, torch.Tensor] = {}
     for name, module in model.named_modules():
         if isinstance(module, Int8Linear | Int4Linear):
@@ -450,8 +460,9 @@ def dequantize_model(model: GPT, dtype: torch.dtype = torch.float32) -> GPT:
         if isinstance(model.get_submodule(owner), Int8Linear | Int4Linear):
             continue
         state[name] = tensor
-    state["lm_head.weight"] = state["transformer.wte.weight"]
-    out = GPT(model.config)
+    if model.tied_embeddings:
+        state["lm_head.weight"] = state[f"{model.EMBEDDING}.weight"]
+    out = build_model(model.config)
     out.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=True)
-    out.lm_head.weight = out.transformer.wte.weight
+    out.tie_weights()
     return out.to(device).train(model.training)

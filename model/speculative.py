@@ -24,11 +24,14 @@ so `should_speculate` turns it off when more than `max_batch` sequences decode t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from codeassist.model.gpt import GPT
 from codeassist.model.sampling import SamplingParams, filtered_probs
+
+if TYPE_CHECKING:
+    from codeassist.model.causal_lm import CausalLM
 
 METHODS = ("none", "prompt_lookup", "draft")
 
@@ -92,12 +95,14 @@ class NgramIndex:
 class DraftModel:
     """A small model that proposes tokens, with its own KV cache and prefix reuse."""
 
-    def __init__(self, model: GPT, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, model: CausalLM, device: torch.device, dtype: torch.dtype,
+                 context: int | None = None) -> None:
         self.model = model.to(device=device).eval()
         if any(p.is_floating_point() and p.dtype != dtype for p in self.model.parameters()):
             self.model = self.model.to(dtype=dtype)
         self.device = device
-        self.block_size = model.config.block_size
+        # the engine's context (capped: a 32k-position draft model need not allocate 32k slots)
+        self.block_size = min(model.config.block_size, context or model.config.block_size)
         self._cached: list[int] = []
 
     def _feed(self, ids: list[int], start: int) -> torch.Tensor:

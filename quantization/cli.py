@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from codeassist.cli.errors import UserError
 
 if TYPE_CHECKING:
+    from codeassist.model.causal_lm import CausalLM
     from codeassist.model.gpt import GPT
 
 METHOD_CHOICES = ("int8", "int4", "gptq")
@@ -55,35 +56,59 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("say how to quantize with --method int8, int4 or gptq (or ask for --report)")
     if args.calibration and args.method != "gptq":
         raise UserError("--calibration is used by --method gptq only")
-    model, name, provenance = _load_float(args.model)
+    model, name, provenance, tokenizer = _load_float(args.model)
+    from codeassist.model.gpt import GPT
+
+    if args.method == "gptq" and not isinstance(model, GPT):
+        raise UserError("--method gptq quantizes GPT-2-family models only; use --method int4 (round to "
+                        "nearest) or int8 for this model")
     out = _out_path(args.out, f"{name}-{args.method}")
-    calibration = _calibration(args, model) if args.method == "gptq" else None
+    calibration = _calibration(args, model) if isinstance(model, GPT) and args.method == "gptq" else None
 
     from codeassist.quantization.quantize import quantize
 
-    q = quantize(model, args.method, args.group_size, args.head, calibration=calibration,
-                 progress=lambda msg: print(msg, file=sys.stderr))
-    q.save(model, out, provenance={**provenance, "quantized_from": str(args.model)})
+    try:
+        q = quantize(model, args.method, args.group_size, args.head, calibration=calibration,
+                     progress=lambda msg: print(msg, file=sys.stderr))
+    except ValueError as exc:  # a width the int4 group size does not divide
+        raise UserError(str(exc)) from None
+    q.save(model, out, provenance={**provenance, "quantized_from": str(args.model)}, tokenizer=tokenizer)
     print(out)
     return 0
 
 
-def _load_float(model_arg: str) -> tuple[GPT, str, dict[str, Any]]:
+def _load_float(model_arg: str) -> tuple[CausalLM, str, dict[str, Any], dict[str, str] | None]:
+    """The float model, its name, provenance, and its tokenizer's metadata (None: ours)."""
+    import torch
+
     from codeassist.model.checkpoint import load_model
     from codeassist.model.quantized import dequantize_model, is_quantized
     from codeassist.model.store import resolve_model
 
     path, name = resolve_model(model_arg)
     if path.is_dir():
-        from codeassist.model.hf_gpt2 import load_hf_gpt2
+        from codeassist.model.families import family_of, load_pretrained
 
-        return load_hf_gpt2(path).float().eval(), name, {"data": f"Hugging Face {name}"}
+        model, _ = load_pretrained(path, dtype=torch.float32)
+        return model.eval(), name, {"data": f"Hugging Face {name}"}, _folder_tokenizer(path, family_of(path))
     model, info = load_model(path)
     if is_quantized(model):
         print(f"note: {model_arg} is already quantized ({info.scheme}); quantizing its dequantized weights",
               file=sys.stderr)
         model = dequantize_model(model)
-    return model.float().eval(), name, dict(info.provenance)
+    return model.float().eval(), name, dict(info.provenance), info.tokenizer_meta
+
+
+def _folder_tokenizer(path: Path, family: str) -> dict[str, str] | None:
+    """The tokenizer.json of a Hugging Face folder, as model file metadata (gpt2 folders use ours)."""
+    if family == "gpt2":
+        return None
+    from codeassist.model.tokenization import HFTokenizer, TokenizerFileError
+
+    try:
+        return HFTokenizer.from_folder(path).to_metadata()
+    except TokenizerFileError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _out_path(out: str | None, default_name: str) -> Path:
@@ -124,10 +149,13 @@ def _report(args: argparse.Namespace) -> int:
 
     import torch
 
+    from codeassist.model.gpt import GPT
     from codeassist.quantization.calibration import collect_documents
     from codeassist.quantization.report import ReportConfig, format_table, quality_report, speed_report
 
-    model, name, _ = _load_float(args.model)
+    model, name, _, _ = _load_float(args.model)
+    if not isinstance(model, GPT):
+        raise UserError("--report compares GPT-2-family models only (it measures with our tokenizer)")
     shape = None if args.speed_shape == "none" else args.speed_shape
     cfg = ReportConfig(group_size=args.group_size, head=args.head, eval_tokens=args.eval_tokens,
                        em_samples=args.em_samples, calib_samples=args.calib_samples,

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from codeassist.model.causal_lm import CausalLM
 from codeassist.model.completion import complete
 from codeassist.model.engine import Engine, GenerationRequest, StopRules
-from codeassist.model.gpt import GPT
 from codeassist.training.shards import Document
 
 PREFIX_CHARS = 1200  # context before the cursor for exact match (keeps prefill cost bounded)
@@ -25,7 +25,7 @@ SUFFIX_CHARS = 400
 
 
 @torch.inference_mode()
-def perplexity(model: GPT, tokens: Sequence[int], seq_len: int) -> float:
+def perplexity(model: CausalLM, tokens: Sequence[int], seq_len: int) -> float:
     """exp(mean next-token loss) over non-overlapping windows of `seq_len` + 1 tokens."""
     seq_len = min(seq_len, model.config.block_size)
     data = torch.tensor(list(tokens), dtype=torch.long)

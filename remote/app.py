@@ -30,6 +30,7 @@ from codeassist.remote.settings import ServerSettings
 
 if TYPE_CHECKING:
     from codeassist.model.engine import Engine
+    from codeassist.model.tokenization import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ class ServerState:
     metrics: ServerMetrics
     scheduler: Scheduler
     model_name: str = ""
-    block_size: int = 0
+    block_size: int = 0  # the engine's context: prompt + completion fit this
+    tokenizer: Tokenizer | None = None  # the model's (None until it has loaded; then prompts use it)
     gpu_available: bool = False
     loaded: bool = False
     load_error: str | None = None
@@ -81,11 +83,13 @@ def _load(state: ServerState, load_engine: Callable[[], Engine]) -> None:
         import torch
 
         engine = load_engine()
-        _warm_up()
+        _warm_up(engine.tokenizer)
         state.model_name = state.settings.served_name or engine.name
-        state.block_size = engine.config.block_size
+        state.block_size = engine.context_tokens
+        state.tokenizer = engine.tokenizer
         state.gpu_available = torch.cuda.is_available()
-        state.scheduler.start(engine.model, engine.device, engine.dtype)
+        state.scheduler.start(engine.model, engine.device, engine.dtype, tokenizer=engine.tokenizer,
+                              context=engine.context_tokens)
         state.loaded = True
         log.info("model %s loaded on %s; serving", state.model_name, engine.device)
     except Exception as exc:
@@ -93,12 +97,11 @@ def _load(state: ServerState, load_engine: Callable[[], Engine]) -> None:
         log.error("the model failed to load: %s", state.load_error)
 
 
-def _warm_up() -> None:
-    """Build the tokenizer and the token-healing index now, not on a user's first request."""
-    from codeassist.model import tokenizer as tok
+def _warm_up(tokenizer: Tokenizer) -> None:
+    """Build the tokenizer and its token-healing index now, not on a user's first request."""
     from codeassist.model.healing import allowed_tokens
 
-    allowed_tokens(tok.token_bytes(tok.encode(" return")[0]))
+    allowed_tokens(tokenizer.token_bytes(tokenizer.encode(" return")[0]), tokenizer)
 
 
 def create_app(settings: ServerSettings, load_engine: Callable[[], Engine] | None = None) -> FastAPI:

@@ -19,10 +19,14 @@ own decode steps overwrite them (the same argument as Engine.generate_batch).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from codeassist.model.gpt import GPT, KVCache
+from codeassist.model.gpt import KVCache
+
+if TYPE_CHECKING:
+    from codeassist.model.causal_lm import CausalLM
 
 
 @dataclass
@@ -42,19 +46,30 @@ class _RowView(KVCache):
         self.v = base.v[start:start + count]
 
 
+def _attention_layers(model: CausalLM) -> list[Any]:
+    """The modules that hold a kv_cache: every family's `attention_layers()` (model/causal_lm.py),
+    or a GPT's blocks' attention."""
+    layers = getattr(model, "attention_layers", None)
+    if layers is not None:
+        return list(layers())
+    return [block.attn for block in model.transformer.blocks()]
+
+
 class BatchState:
     """Owns the model's KV caches; not thread-safe (the scheduler's worker thread owns it)."""
 
-    def __init__(self, model: GPT, max_batch: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, model: CausalLM, max_batch: int, device: torch.device, dtype: torch.dtype,
+                 context: int | None = None) -> None:
         self.model = model
         self.max_batch = max_batch
         self.device = device
-        self.block_size = model.config.block_size
+        # cache slots per row: the engine's context (a 32k-position model is capped there)
+        self.block_size = min(model.config.block_size, context or model.config.block_size)
         model.setup_kv_cache(max_batch, self.block_size, dtype=dtype)
         self.caches: list[KVCache] = []
-        for block in model.transformer.blocks():
-            assert block.attn.kv_cache is not None
-            self.caches.append(block.attn.kv_cache)
+        for attn in _attention_layers(model):
+            assert attn.kv_cache is not None
+            self.caches.append(attn.kv_cache)
         self.rows: list[RowState] = []  # row i of the cache belongs to rows[i]
         self.pending: RowState | None = None  # the row being prefilled piecewise, at index `active`
 
@@ -67,8 +82,8 @@ class BatchState:
         return self.max_batch - len(self.rows) - (self.pending is not None)
 
     def _install(self, caches: list[KVCache]) -> None:
-        for block, cache in zip(self.model.transformer.blocks(), caches, strict=True):
-            block.attn.kv_cache = cache
+        for attn, cache in zip(_attention_layers(self.model), caches, strict=True):
+            attn.kv_cache = cache
 
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
         """Add prompts as new rows n..n+m-1; returns the logits after each prompt, (m, vocab)."""

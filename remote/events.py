@@ -13,6 +13,7 @@ import torch
 
 from codeassist.model.healing import PrefixConstraint
 from codeassist.model.sampling import SamplingParams
+from codeassist.model.tokenization import Tokenizer
 from codeassist.remote.schema import FinishReason
 from codeassist.remote.textstream import TextStream
 
@@ -92,12 +93,13 @@ class Handle:
 class SeqState:
     """The scheduler's worker-side state of one sequence."""
 
-    def __init__(self, job: Job, handle: Handle, index: int, device: torch.device) -> None:
+    def __init__(self, job: Job, handle: Handle, index: int, device: torch.device,
+                 tokenizer: Tokenizer | None = None) -> None:
         self.job = job
         self.handle = handle
         self.index = index
-        self.text = TextStream(job.forced_prefix, job.stop)
-        self.constraint = PrefixConstraint(job.forced_prefix) if job.forced_prefix else None
+        self.text = TextStream(job.forced_prefix, job.stop, tokenizer)
+        self.constraint = PrefixConstraint(job.forced_prefix, tokenizer) if job.forced_prefix else None
         self.gen = torch.Generator(device=device).manual_seed(job.seed) if job.seed is not None else None
         self.generated = 0
         self.reason: str | None = None

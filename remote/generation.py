@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from codeassist.model.completion import build_prompt
 from codeassist.model.sampling import SamplingParams
+from codeassist.model.tokenization import Tokenizer
 from codeassist.remote.errors import APIError
 from codeassist.remote.scheduler import (
     Delta,
@@ -49,8 +50,10 @@ class Choice:
     finished: Finished | None = None
 
 
-def plan_jobs(ask: Ask, block_size: int, max_tokens_limit: int, deadline: float) -> list[Job]:
-    """The jobs for a request, or APIError(400) naming what does not fit."""
+def plan_jobs(ask: Ask, block_size: int, max_tokens_limit: int, deadline: float,
+              tokenizer: Tokenizer | None = None) -> list[Job]:
+    """The jobs for a request, or APIError(400) naming what does not fit; the prompt is in the
+    served model's `tokenizer` (ServerState.tokenizer; ours when None)."""
     if ask.max_tokens > max_tokens_limit:
         raise APIError(400, f"max_tokens is {ask.max_tokens}; this server allows at most {max_tokens_limit}",
                        "max_tokens")
@@ -61,13 +64,13 @@ def plan_jobs(ask: Ask, block_size: int, max_tokens_limit: int, deadline: float)
         raise APIError(400, f"max_tokens of {ask.max_tokens} leaves no room for the prompt in the model's "
                        f"context of {block_size} tokens", "max_tokens", "context_length_exceeded")
     if ask.truncate is None:
-        prompt = build_prompt(ask.prefix, ask.suffix, max_prompt_tokens=1 << 30)
+        prompt = build_prompt(ask.prefix, ask.suffix, max_prompt_tokens=1 << 30, tokenizer=tokenizer)
         if len(prompt.ids) > budget:
             raise APIError(400, f"the prompt ({len(prompt.ids)} tokens) plus max_tokens ({ask.max_tokens}) "
                            f"exceeds the model's context of {block_size} tokens", "prompt",
                            "context_length_exceeded")
     else:
-        prompt = build_prompt(ask.prefix, ask.suffix, max_prompt_tokens=budget)
+        prompt = build_prompt(ask.prefix, ask.suffix, max_prompt_tokens=budget, tokenizer=tokenizer)
     return [Job(prompt=prompt.ids, max_new_tokens=ask.max_tokens, sampling=ask.sampling,
                 forced_prefix=prompt.forced_prefix, stop=ask.stop, stop_on_eos=ask.stop_on_eos,
                 seed=None if ask.seed is None else ask.seed + i, deadline=deadline)

@@ -24,11 +24,12 @@ import collections
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
-from codeassist.model import tokenizer as tok
 from codeassist.model.sampling import sample_next
+from codeassist.model.tokenization import Tokenizer, codeassist_tokenizer, resolve
 from codeassist.remote.batch import BatchState
 from codeassist.remote.events import (
     Delta,
@@ -43,6 +44,9 @@ from codeassist.remote.events import (
 )
 from codeassist.remote.metrics import ServerMetrics
 from codeassist.remote.prefix_cache import REPLACE_SLACK, CachedPrefix, PrefixCache
+
+if TYPE_CHECKING:
+    from codeassist.model.causal_lm import CausalLM
 
 __all__ = ["Delta", "Event", "Failed", "Finished", "Handle", "Job", "NotAccepting", "QueueFull", "Scheduler"]
 
@@ -68,15 +72,19 @@ class Scheduler:
         self._live = 0  # sequences submitted and not yet answered (waiting, being prefilled, running)
         self.accepting = False
         self.block_size = 0
+        self.tokenizer: Tokenizer = codeassist_tokenizer()  # the model's, from start()
+        self._masks: dict[bool, torch.Tensor | None] = {}
 
     # -- event-loop side -----------------------------------------------------------------------
 
-    def start(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-        from codeassist.model.gpt import GPT
-
-        assert isinstance(model, GPT)
-        self._batch = BatchState(model, self.max_batch, device, dtype)
-        self.block_size = model.config.block_size
+    def start(self, model: CausalLM, device: torch.device, dtype: torch.dtype,
+              tokenizer: Tokenizer | None = None, context: int | None = None) -> None:
+        """Serve `model` with its `tokenizer` (ours when None); `context` caps the KV cache
+        (the engine's context_tokens; the model's block_size when None)."""
+        self.tokenizer = resolve(tokenizer)
+        self._masks = {}
+        self._batch = BatchState(model, self.max_batch, device, dtype, context)
+        self.block_size = self._batch.block_size
         self._device = device
         self._thread = threading.Thread(target=self._work, name="codeassist-scheduler", daemon=True)
         self._thread.start()
@@ -93,7 +101,7 @@ class Scheduler:
             if len(self._waiting) + len(jobs) > self.max_queue:
                 raise QueueFull(self.retry_after_s())
             handle = Handle(loop, self._cond)
-            self._waiting.extend(SeqState(j, handle, i, self._device) for i, j in enumerate(jobs))
+            self._waiting.extend(SeqState(j, handle, i, self._device, self.tokenizer) for i, j in enumerate(jobs))
             self._live += len(jobs)
             self.metrics.queued.set(len(self._waiting))
             self._cond.notify()
@@ -266,11 +274,17 @@ class Scheduler:
         """Choose the next token of rows first.. from their logits (one row each), apply stop rules."""
         assert self._batch is not None
         seqs = self._running[first:first + logits.size(0)]
+        # special ids that are no stop (control tokens, padding rows) are never chosen, and with
+        # ignore_eos no special at all (logits is the step's own float copy)
+        ban = self._special_mask(True, logits.size(-1), logits.device)
+        if ban is not None:
+            logits[:, ban] = float("-inf")
         no_eos = [i for i, seq in enumerate(seqs) if not seq.job.stop_on_eos]
-        if no_eos:  # ignore_eos: the specials are never chosen (logits is the step's own float copy)
+        if no_eos:
             rows = torch.tensor(no_eos, device=logits.device)
-            logits[rows, tok.EOT_ID] = float("-inf")
-            logits[rows, tok.FIM_PREFIX_ID:] = float("-inf")
+            every = self._special_mask(False, logits.size(-1), logits.device)
+            if every is not None:
+                logits[rows.unsqueeze(1), every.unsqueeze(0)] = float("-inf")
         greedy = logits.argmax(dim=-1).tolist()
         now = time.monotonic()
         for i, seq in enumerate(seqs):
@@ -287,8 +301,18 @@ class Scheduler:
             self._accept(seq, token, self._batch.rows[first + i].pos, now)
             self._batch.rows[first + i].token = token
 
+    def _special_mask(self, stop_on_eos: bool, size: int, device: torch.device) -> torch.Tensor | None:
+        """The ids to mask (see _sample), built once per server."""
+        if stop_on_eos not in self._masks:
+            t = self.tokenizer
+            ban = {i for i in t.special_ids() if i < size} | set(range(min(t.n_vocab, size), size))
+            if stop_on_eos:
+                ban -= t.stop_ids
+            self._masks[stop_on_eos] = torch.tensor(sorted(ban), device=device) if ban else None
+        return self._masks[stop_on_eos]
+
     def _accept(self, seq: SeqState, token: int, pos: int, now: float) -> None:
-        if tok.is_special(token):
+        if token in self.tokenizer.stop_ids or self.tokenizer.is_special(token):
             seq.reason = "eos"
             return
         seq.generated += 1

@@ -8,11 +8,13 @@ a streamed response never shows text that a later stop would have cut).
 
 from __future__ import annotations
 
-from codeassist.model import tokenizer as tok
+from codeassist.model.tokenization import Tokenizer, resolve
 
 
 class TextStream:
-    def __init__(self, forced_prefix: bytes = b"", stop: tuple[str, ...] = ()) -> None:
+    def __init__(self, forced_prefix: bytes = b"", stop: tuple[str, ...] = (),
+                 tokenizer: Tokenizer | None = None) -> None:
+        self._token_bytes = resolve(tokenizer).token_bytes  # the model's tokenizer (ours when None)
         self._buf = bytearray()
         self._forced = forced_prefix.decode("utf-8", errors="ignore")
         self._stop = tuple(s for s in stop if s)
@@ -24,7 +26,7 @@ class TextStream:
         """Add a token; returns the new text that is safe to show (may be empty)."""
         if self.stopped:
             return ""
-        self._buf += tok.token_bytes(token)
+        self._buf += self._token_bytes(token)
         raw = _decode_complete(bytes(self._buf))
         if not raw.startswith(self._forced):
             if len(raw) >= len(self._forced) or not self._forced.startswith(raw):

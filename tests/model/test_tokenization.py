@@ -1,0 +1,371 @@
+"""The tokenizer interface (model/tokenization.py) with tiny Hugging Face tokenizers built here.
+
+Each family's tokenizer is a ByteLevel BPE trained on a few KB of Python with `tokenizers`,
+with that family's special tokens added the way its published tokenizer.json has them (Qwen's
+and DeepSeek's FIM markers are added tokens that are not flagged special), and saved with a
+tokenizer_config.json and generation_config.json. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import json.decoder
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from codeassist.model.completion import build_prompt, complete
+from codeassist.model.config import ModelConfig
+from codeassist.model.copy import CopyIndex, find_candidates
+from codeassist.model.engine import Engine, GenerationRequest, StopRules
+from codeassist.model.fim_templates import TEMPLATES
+from codeassist.model.gpt import GPT
+from codeassist.model.healing import PrefixConstraint, allowed_tokens
+from codeassist.model.tokenization import (
+    HFTokenizer,
+    Tokenizer,
+    TokenizerFileError,
+    codeassist_tokenizer,
+    tokenizer_from_metadata,
+)
+
+CORPUS = inspect.getsource(json.decoder) + "\n# café, naïve, 中文 ✓ 🐍\n\tx = 'tab'\n"
+# (specials: flagged special; markers: added but not flagged, as Qwen2.5's and DeepSeek's files have them)
+FAMILIES: dict[str, dict[str, Any]] = {
+    "qwen": {
+        "specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "markers": ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>",
+                    "<|file_sep|>"],
+        "config": {"eos_token": "<|endoftext|>", "bos_token": None, "add_bos_token": False},
+        "generation": {"eos_token_id": ["<|endoftext|>", "<|im_end|>"]},
+    },
+    "deepseek": {
+        "specials": ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"],
+        "markers": ["<｜fim▁hole｜>", "<｜fim▁begin｜>", "<｜fim▁end｜>", "<|EOT|>"],
+        "config": {"bos_token": {"content": "<｜begin▁of▁sentence｜>"},
+                   "eos_token": {"content": "<｜end▁of▁sentence｜>"}, "add_bos_token": True},
+        "generation": {"bos_token_id": "<｜begin▁of▁sentence｜>", "eos_token_id": "<｜end▁of▁sentence｜>"},
+    },
+    "starcoder": {
+        "specials": ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<filename>",
+                     "<file_sep>"],
+        "markers": [],
+        "config": {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"},
+        "generation": {"bos_token_id": "<|endoftext|>", "eos_token_id": "<|endoftext|>"},
+    },
+}
+TEXTS = [
+    "def main():\n    return 0\n",
+    "class A:\n\tdef f(self):  # café 中文 🐍\n\t\tpass\n\n\n",
+    "x = '<|endoftext|>' + \"<fim_prefix>\" + '<|fim_middle|>' + '<｜fim▁hole｜>' + '<|im_end|>'",
+    "   \n  \r\n" + "        if x:\n            y()\n",
+]
+
+
+def build_folder(path: Path, family: str, vocab: int = 420) -> Path:
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    spec = FAMILIES[family]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=spec["specials"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator([CORPUS], trainer)
+    tk.add_tokens([AddedToken(m, special=False, normalized=False) for m in spec["markers"]])
+    path.mkdir(parents=True, exist_ok=True)
+    tk.save(str(path / "tokenizer.json"))
+    ids = tk.get_vocab()
+
+    def resolve(v: Any) -> Any:
+        return [ids[x] for x in v] if isinstance(v, list) else ids[v]
+
+    (path / "tokenizer_config.json").write_text(json.dumps(spec["config"]))
+    (path / "generation_config.json").write_text(json.dumps({k: resolve(v) for k, v in spec["generation"].items()}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tokenizers")
+    return {f: build_folder(root / f, f) for f in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def toks(folders: dict[str, Path]) -> dict[str, HFTokenizer]:
+    return {f: HFTokenizer.from_folder(p) for f, p in folders.items()}
+
+
+def hf_decode(folder: Path, ids: list[int]) -> str:
+    """The `tokenizers` library's own decoding, specials kept: an independent reading of the ids."""
+    from tokenizers import Tokenizer
+
+    return str(Tokenizer.from_file(str(folder / "tokenizer.json")).decode(ids, skip_special_tokens=False))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_round_trip_bytes_and_specials_as_text(toks: dict[str, HFTokenizer], family: str) -> None:
+    tk = toks[family]
+    for text in TEXTS:
+        ids = tk.encode(text)
+        assert tk.decode(ids) == text
+        assert b"".join(tk.token_bytes(i) for i in ids) == text.encode("utf-8")
+        assert not any(tk.is_special(i) for i in ids), "a special string in a document must stay text"
+    for s in [*FAMILIES[family]["specials"], *FAMILIES[family]["markers"]]:
+        i = tk.special_id(s)
+        assert tk.is_special(i) and tk.token_bytes(i) == b""
+        assert len(tk.encode(s)) > 1 and tk.decode(tk.encode(s)) == s
+    assert tk.is_special(tk.n_vocab) and tk.token_bytes(tk.n_vocab + 5) == b""
+    assert tk.decode([tk.special_id(FAMILIES[family]["specials"][0]), *tk.encode("ok")]) == "ok"
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_fim_prompt_is_the_documented_template(folders: dict[str, Path], toks: dict[str, HFTokenizer],
+                                               family: str) -> None:
+    tk = toks[family]
+    assert tk.template is TEMPLATES[family]
+    prefix, suffix = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
+    ids = tk.fim_ids(tk.encode(prefix), tk.encode(suffix))
+    if family == "deepseek":
+        assert ids[0] == tk.bos_id == tk.special_id("<｜begin▁of▁sentence｜>")
+        ids = ids[1:]
+    else:
+        assert tk.bos_id is None
+    assert hf_decode(folders[family], ids).encode("utf-8") == TEMPLATES[family].build(prefix, suffix).encode("utf-8")
+    # the completion path's prompt: the same layout (healing takes the last prefix token out)
+    prompt = build_prompt(prefix, suffix, 512, tokenizer=tk)
+    body = list(prompt.ids[1:] if family == "deepseek" else prompt.ids)
+    healed = prefix.encode()[:len(prefix.encode()) - len(prompt.forced_prefix)].decode()
+    assert prompt.forced_prefix == tk.token_bytes(tk.encode(prefix)[-1])
+    assert hf_decode(folders[family], body) == TEMPLATES[family].build(healed, suffix)
+
+
+def test_eos_and_stops_from_the_config_files(folders: dict[str, Path], toks: dict[str, HFTokenizer],
+                                             tmp_path: Path) -> None:
+    qwen = toks["qwen"]
+    eot, im_end = qwen.special_id("<|endoftext|>"), qwen.special_id("<|im_end|>")
+    assert qwen.eot_id == eot
+    want = {eot, im_end} | {qwen.special_id(s) for s in ("<|fim_pad|>", "<|file_sep|>", "<|repo_name|>",
+                                                         "<|fim_prefix|>")}
+    assert qwen.stop_ids == frozenset(want)
+    assert qwen.special_id("<|fim_middle|>") not in qwen.stop_ids
+    # generation_config.json's eos (an int here) comes first; tokenizer_config's eos still stops
+    folder = build_folder(tmp_path / "q", "qwen")
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": im_end}))
+    other = HFTokenizer.from_folder(folder)
+    assert other.eot_id == im_end and eot in other.stop_ids
+    deepseek = toks["deepseek"]
+    assert deepseek.eot_id == deepseek.special_id("<｜end▁of▁sentence｜>")
+    assert deepseek.special_id("<|EOT|>") in deepseek.stop_ids
+    assert toks["starcoder"].stop_ids >= {toks["starcoder"].special_id(s) for s in ("<|endoftext|>", "<file_sep>")}
+
+
+def test_no_template_means_prefix_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = build_folder(tmp_path / "plain", "qwen")
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if "fim" not in t["content"]]
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    with caplog.at_level(logging.WARNING):
+        tk = HFTokenizer.from_folder(folder)
+    assert tk.template is None and not tk.fim
+    assert "no fill-in-the-middle template" in caplog.text
+    prompt = build_prompt("def f():\n    return ", "\nf()\n", 256, tokenizer=tk)
+    assert prompt.ids[0] == tk.eot_id and tk.decode(prompt.ids) + prompt.forced_prefix.decode() == "def f():\n    return "
+    with pytest.raises(ValueError):
+        tk.fim_ids([1], [2])
+
+
+def test_missing_or_broken_files_are_one_sentence(tmp_path: Path) -> None:
+    with pytest.raises(TokenizerFileError, match=r"has no tokenizer\.json") as info:
+        HFTokenizer.from_folder(tmp_path)
+    assert "\n" not in str(info.value)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(TokenizerFileError, match="not JSON"):
+        HFTokenizer.from_folder(tmp_path)
+    with pytest.raises(TokenizerFileError, match="knows"):
+        tokenizer_from_metadata({"tokenizer": "sentencepiece-42"})
+
+
+def test_metadata_round_trip(toks: dict[str, HFTokenizer]) -> None:
+    assert tokenizer_from_metadata({"tokenizer": "gpt2-ws24-fim"}) is codeassist_tokenizer()
+    assert tokenizer_from_metadata({}) is codeassist_tokenizer()
+    assert codeassist_tokenizer().to_metadata() == {"tokenizer": "gpt2-ws24-fim"}
+    for tk in toks.values():
+        meta = tk.to_metadata()
+        assert meta["tokenizer"] == "hf" and all(isinstance(v, str) for v in meta.values())
+        back = tokenizer_from_metadata(meta)
+        assert isinstance(back, HFTokenizer)
+        assert (back.stop_ids, back.bos_id, back.eot_id, back.template, back.n_vocab) == \
+               (tk.stop_ids, tk.bos_id, tk.eot_id, tk.template, tk.n_vocab)
+        for text in TEXTS:
+            assert back.encode(text) == tk.encode(text)
+
+
+def test_ours_keeps_its_ids() -> None:
+    from codeassist.model import tokenizer as tok
+
+    ours = codeassist_tokenizer()
+    assert ours.fim_ids([1, 2], [3]) == tok.build_fim_ids([1, 2], [3]) == [tok.FIM_SUFFIX_ID, 3, tok.FIM_PREFIX_ID,
+                                                                          1, 2, tok.FIM_MIDDLE_ID]
+    assert ours.fim_ids([1], [3], spm=False) == tok.build_fim_ids([1], [3], spm=False)
+    assert ours.lead_ids() == [tok.EOT_ID] and ours.bos_id is None
+    assert ours.stop_ids == {tok.EOT_ID, tok.FIM_PREFIX_ID, tok.FIM_MIDDLE_ID, tok.FIM_SUFFIX_ID}
+    assert ours.special_id("<|fim_middle|>") == tok.FIM_MIDDLE_ID
+    ids = ours.encode(TEXTS[1])
+    assert b"".join(ours.token_bytes(i) for i in ids) == TEXTS[1].encode()
+    assert ours.token_bytes(tok.EOT_ID) == b"" and ours.token_bytes(tok.VOCAB_SIZE - 1) == b""
+    assert ours.is_special(tok.VOCAB_SIZE - 1) and not ours.is_special(ids[0])
+
+
+# -- the completion path with an HF tokenizer and a tiny random GPT --------------------------------
+
+def tiny_engine(tk: Tokenizer, seed: int = 0, block_size: int = 128) -> Engine:
+    torch.manual_seed(seed)
+    vocab = (tk.n_vocab + 63) // 64 * 64  # padded, as model vocabularies are: the padding must never come out
+    model = GPT(ModelConfig(block_size=block_size, vocab_size=vocab, n_layer=2, n_head=2, n_embd=32))
+    model.init_weights(seed)
+    return Engine(model, torch.device("cpu"), torch.float32, tokenizer=tk)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_healed_completions_begin_with_the_forced_text(toks: dict[str, HFTokenizer], family: str) -> None:
+    tk = toks[family]
+    engine = tiny_engine(tk)
+    assert engine.tokenizer is tk
+    for prefix in ("def main():\n    retu", "import js", "x = decoder.", "class A:\n    "):
+        prompt = build_prompt(prefix, "\n\nmain()\n", 100, tokenizer=tk)
+        assert prompt.forced_prefix
+        for seed, temperature in ((None, 0.0), (3, 1.0)):
+            from codeassist.model.sampling import SamplingParams
+
+            result = engine.generate(GenerationRequest(prompt=prompt.ids, forced_prefix=prompt.forced_prefix,
+                                                       seed=seed, sampling=SamplingParams(temperature=temperature),
+                                                       stop=StopRules(max_new_tokens=12, stop_on_eos=False)))
+            assert result.text.encode("utf-8").startswith(prompt.forced_prefix), (prefix, result.text)
+            assert not any(tk.is_special(t) for t in result.tokens)
+        text, _ = complete(engine, prefix, "\n\nmain()\n", max_new_tokens=6)
+        assert isinstance(text, str)
+    # the healing tables are the tokenizer's own: every allowed id spells a prefix of the rest or covers it
+    rest = b"retu"
+    for i in allowed_tokens(rest, tk):
+        b = tk.token_bytes(i)
+        assert b and (b.startswith(rest) or rest.startswith(b))
+    assert set(allowed_tokens(rest, tk)) != set(allowed_tokens(rest))  # not ours
+    c = PrefixConstraint(b"    ", tk)
+    masked = c.mask(torch.zeros(engine.config.vocab_size))
+    assert all(tk.token_bytes(i)[:3] == b"   " for i in torch.nonzero(masked == 0).flatten().tolist())
+
+
+def test_specials_that_are_no_stop_are_masked(toks: dict[str, HFTokenizer]) -> None:
+    tk = toks["qwen"]
+    engine = tiny_engine(tk)
+    logits = torch.zeros(engine.config.vocab_size)
+    kept = torch.isfinite(engine._mask_specials(logits, True))
+    assert kept[tk.special_id("<|endoftext|>")] and kept[tk.special_id("<|im_end|>")]
+    assert not kept[tk.special_id("<|im_start|>")] and not kept[tk.special_id("<|fim_middle|>")]
+    assert not kept[tk.n_vocab:].any() and kept[tk.encode("def")[0]]
+    none = torch.isfinite(engine._mask_specials(logits, False))
+    assert not none[tk.special_id("<|endoftext|>")] and none[tk.encode("def")[0]]
+    # a stop id ends the completion as eos: a model that puts all its mass there
+    engine.model.lm_head.weight.data.zero_()
+    bias = torch.full((engine.config.vocab_size,), -10.0)
+    bias[tk.special_id("<|im_end|>")] = 10.0
+    engine.model.lm_head.register_forward_hook(lambda m, i, o: o + bias)
+    engine.reset_prefix()
+    result = engine.generate(GenerationRequest(prompt=tuple(tk.encode("x = 1\n")), stop=StopRules(max_new_tokens=4)))
+    assert result.stop_reason == "eos" and result.tokens == []
+
+
+def test_copy_candidates_with_an_hf_tokenizer(toks: dict[str, HFTokenizer]) -> None:
+    tk = toks["qwen"]
+    other = "def scan(s, idx):\n    value, end = scanner.scan_once(s, idx)\n    return value\n"
+    index = CopyIndex([tk.encode(other)], tk)
+    typed = "    value, end = scanner.scan"
+    ids = tk.encode(typed)
+    found = find_candidates([(index, None)], ids[:-1], tk.decode(ids[-1:]), typed=ids, tokenizer=tk)
+    assert found and found[0].text == tk.decode(ids[-1:]) + "_once(s, idx)"
+    # the engine takes a copy candidate the model does not find absurd, in the tokenizer's ids
+    engine = tiny_engine(tk)
+    from codeassist.model.engine import CopyParams
+
+    prompt = build_prompt(typed, "", 100, tokenizer=tk)
+    result = engine.generate(GenerationRequest(prompt=prompt.ids, forced_prefix=prompt.forced_prefix,
+                                               copy=CopyParams(candidates=(found[0].text,), min_logprob=-1e9),
+                                               stop=StopRules(max_new_tokens=32)))
+    assert result.copied == found[0].text and result.text == found[0].text
+
+
+class _Wide(Tokenizer):
+    """Only a vocabulary size: Qwen's 151,936 ids (the copy index reads no bytes in matches)."""
+
+    name, n_vocab, eot_id, bos_id, stop_ids, template = "wide", 151_936, 0, None, frozenset({0}), None
+
+    def encode(self, text: str) -> list[int]:
+        return []
+
+    def decode(self, ids: Any) -> str:
+        return ""
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return b"x"
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id == 0
+
+    def special_id(self, text: str) -> int:
+        raise KeyError(text)
+
+    def special_ids(self) -> frozenset[int]:
+        return frozenset({0})
+
+    def to_metadata(self) -> dict[str, str]:
+        return {"tokenizer": "wide"}
+
+
+def test_copy_keys_fit_large_vocabularies() -> None:
+    # with 17 bits a key, (7, 0, 131072) and (7, 1, 0) packed to the same int64
+    a, b = [7, 0, 131_072, 42], [7, 1, 0, 43]
+    index = CopyIndex([a, b], _Wide())
+    ends, lengths = index.matches(a[:3])
+    assert [int(index.tokens[e]) for e in ends] == [42] and lengths.tolist() == [3]
+    ends, _ = index.matches([9, 150_000, 151_935, 7, 1, 0])
+    assert [int(index.tokens[e]) for e in ends] == [43]
+    assert isinstance(index.keys, np.ndarray) and index.keys.dtype == np.int64
+
+
+def test_lsp_pipeline_builds_its_prompt_in_the_backends_tokenizer(folders: dict[str, Path],
+                                                                 toks: dict[str, HFTokenizer]) -> None:
+    from codeassist.lsp.backends import FakeBackend
+    from codeassist.lsp.context import build_context
+    from codeassist.lsp.pipeline import Pipeline
+    from codeassist.lsp.prompt import build_prompt as lsp_prompt
+    from codeassist.lsp.settings import Settings
+
+    tk = toks["qwen"]
+    fake = FakeBackend(lambda r: "scan_once(s, idx)")
+    fake.tokenizer = tk  # type: ignore[attr-defined]
+    doc = "import json\n\ndef f(s):\n    return \n\nf('1')\n"
+    ctx = build_context("file:///a.py", "python", doc, doc.index("return ") + 7)
+    got = asyncio.run(Pipeline(fake, Settings()).complete(ctx))
+    assert got.text == "scan_once(s, idx)"
+    sent = fake.requests[0].prompt
+    assert sent == lsp_prompt(ctx, Settings().max_prompt_tokens, tokenizer=tk)
+    assert sent.ids != lsp_prompt(ctx, Settings().max_prompt_tokens).ids  # not ours
+    text = hf_decode(folders["qwen"], list(sent.ids))
+    assert text.startswith("<|fim_prefix|>") and text.endswith("<|fim_middle|>") and "<|fim_suffix|>" in text
+    assert text == TEMPLATES["qwen"].build(sent.prefix[:len(sent.prefix) - len(sent.forced)], sent.suffix)
+
+
+def test_remote_text_stream_reads_the_tokenizers_bytes(toks: dict[str, HFTokenizer]) -> None:
+    from codeassist.remote.textstream import TextStream
+
+    tk = toks["deepseek"]
+    stream = TextStream(b"", ("\n",), tk)
+    out = "".join(stream.push(t) for t in tk.encode("x = 'café'\ny = 2"))
+    assert out + stream.finish() == "x = 'café'"
