@@ -146,3 +146,19 @@ def test_the_client_side_imports_no_torch() -> None:
     assert out.stdout.strip() == "False"
 
 
+
+
+async def test_block_stops_beyond_our_servers_four_still_hold(shared_server: Live) -> None:
+    """Our server takes at most 4 stops: the client asks again with 4 and applies the rest itself,
+    so the answer equals the model's run with all of them (they used to be cut to 4 silently)."""
+    prefix = "import os\nx = "
+    free, _ = complete(tiny_engine(), prefix, "", max_new_tokens=12)
+    assert len(free) > 8
+    stops = ["\n\n\n", "\ndef ", "\nclass ", "\nif __name__", "\n@", free[4:8]]  # the sixth is met
+    client = RemoteClient(RemoteSettings(url=shared_server.url))
+    try:
+        got = await client.complete(prefix, "", max_tokens=12, temperature=0.0, stop=stops)
+    finally:
+        await client.aclose()
+    want, _ = complete(tiny_engine(), prefix, "", max_new_tokens=12, stop=tuple(stops))
+    assert got == want and len(want) <= 4 < len(free)
