@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
+from codeassist.remote.client import SESSION_ID, RemoteClient, RemoteSettings
 from codeassist.remote.session import MAX_CHARS, RecentSessions, session_id
 from tests.remote.conftest import Live
 
@@ -32,6 +33,23 @@ def test_the_header_reaches_the_server_with_the_request_id(serve: Callable[..., 
     for response, path in ((openai, "/v1/completions"), (seed, "/complete")):
         rid = response.headers["x-request-id"]
         assert f"request {rid} session {SID}: {path}" in lines
+    assert live.metric('codeassist_session_requests_total{header="valid"}') == 2
+    assert live.metric("codeassist_sessions_recent") == 1
+
+
+async def test_the_language_servers_client_sends_its_session_to_the_server(
+        serve: Callable[..., Live], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="codeassist.remote.session")
+    live = serve()
+    client = RemoteClient(RemoteSettings(url=live.url, timeout_ms=20_000))
+    try:
+        for _ in range(2):  # two keystrokes, one session
+            text = await client.complete("def add(a, b):\n    ", "", max_tokens=2, temperature=0.0, stop=[])
+            assert isinstance(text, str)
+    finally:
+        await client.aclose()
+    assert session_id({"x-codeassist-session": SESSION_ID}) == SESSION_ID  # the client's id is valid here
+    assert sum(f"session {SESSION_ID}: /v1/completions" in line for line in session_lines(caplog)) == 2
     assert live.metric('codeassist_session_requests_total{header="valid"}') == 2
     assert live.metric("codeassist_sessions_recent") == 1
 
