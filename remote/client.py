@@ -170,6 +170,10 @@ class RemoteClient:
     def _parse(self, response: httpx.Response) -> str:
         if response.status_code != 200:
             message = _describe_status(response, self.settings.url)
+            if self.template is None and self.settings.api == "openai" and response.status_code in (400, 422) \
+                    and "suffix" in _error_message(response).lower():  # vLLM, TGI: no suffix field
+                message += (" (the server takes no suffix: set codeassist.remote.template to the model's family, "
+                            "for example qwen)")
             delay = retry_after_s(response) if response.status_code in (429, 503) else None
             if delay is None:
                 raise RemoteError(message)
@@ -209,13 +213,17 @@ def retry_after_s(response: httpx.Response) -> float | None:
 
 
 def _error_payload(response: httpx.Response) -> Any:
-    """The error of an OpenAI-style ({"error": {"message", "param"}}), TGI or Ollama ({"error": "..."})
-    or FastAPI ({"detail": ...}) body; "" when there is none."""
+    """The error of an OpenAI-style ({"error": {"message", "param"}}), TGI or Ollama ({"error": "..."}),
+    older vLLM ({"object": "error", "message"}) or FastAPI ({"detail": ...}) body; "" when there is none."""
     try:
         payload = response.json()
     except (ValueError, json.JSONDecodeError):
         return ""
-    return payload.get("error", payload.get("detail", "")) if isinstance(payload, dict) else ""
+    if not isinstance(payload, dict):
+        return ""
+    if "error" not in payload and "detail" not in payload and payload.get("object") == "error":
+        return payload
+    return payload.get("error", payload.get("detail", ""))
 
 
 def _error_message(response: httpx.Response) -> str:

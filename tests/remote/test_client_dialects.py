@@ -338,3 +338,15 @@ async def test_the_language_server_speaks_the_dialect_its_settings_name(fake) ->
     finally:
         await client.shutdown_session()
         await client.stop()
+
+
+async def test_a_server_that_refuses_the_suffix_field_says_which_setting_fixes_it(fake) -> None:  # type: ignore[no-untyped-def]
+    # vLLM's answer when the prompt comes with a suffix and no template was recognised from the name
+    server = fake(lambda seen: (400, {"object": "error", "message": "suffix is not currently supported",
+                                      "type": "BadRequestError", "param": None, "code": 400}))
+    client = RemoteClient(RemoteSettings(url=server.url, api="openai", model="my-finetune"))
+    with pytest.raises(RemoteError) as err:
+        await ask(client)
+    assert str(err.value) == (f"the completion server at {server.url} answered 400: suffix is not currently "
+                              "supported (the server takes no suffix: set codeassist.remote.template to the "
+                              "model's family, for example qwen)")
