@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("codeassist.remote.cli", "run the team completion server"),
     "eval": ("codeassist.lsp.eval_cli", "drive the language server headless and score it"),
     "doctor": ("codeassist.cli.doctor", "show which model, device and backend are in use"),
+    "export": ("codeassist.cli.export", "write a model for vLLM / transformers (hf) or llama.cpp / Ollama (gguf)"),
 }
 
 

@@ -1,0 +1,198 @@
+"""`codeassist export`: our models in the formats other runtimes load, for a team that outgrows one machine.
+
+- `hf`: a Hugging Face folder (config.json, model.safetensors in HF's names, generation_config.json,
+  tokenizer.json and its two config files) that transformers and vLLM load as GPT-2.
+- `gguf`: one file that llama.cpp and Ollama load (model/export_gguf.py).
+
+Our GPT is HF's GPT-2 with a bigger vocabulary (50,304 rows: space runs, FIM specials, padding), so
+the weights carry over unchanged except HF's Conv1D layout, (in, out), for the four block linears
+(model/hf_gpt2.py does the reverse). The tokenizer is rebuilt for HF `tokenizers` and llama.cpp by
+model/tokenizer_export.py. A quantized model (the embedded default is int8) is dequantized first.
+
+Output is written next to its destination under a temporary name and renamed into place, so an
+interrupted or failed export leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from codeassist.model.checkpoint import ModelFileError
+from codeassist.model.config import ModelConfig
+from codeassist.model.gpt import GPT
+from codeassist.model.tokenizer import EOT_ID
+
+FORMATS = ("hf", "gguf")
+GGUF_TYPES = ("f32", "f16", "q8_0")
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+class ExportError(ModelFileError):
+    """The export cannot be done as asked (format, destination, model); str() is one sentence."""
+
+    user_facing = True
+
+
+# -- our GPT-2 as Hugging Face GPT-2 ----------------------------------------------------------------
+
+def hf_gpt2_config(config: ModelConfig) -> dict[str, object]:
+    """config.json for GPT2LMHeadModel with our shape; vocab_size is the embedding's rows."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,  # 4 * n_embd, as ours
+        "activation_function": "gelu_new",  # the tanh approximation (model/gpt.py gelu_tanh)
+        "layer_norm_epsilon": config.layer_norm_eps,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "use_cache": True,
+        "tie_word_embeddings": True,
+        "bos_token_id": EOT_ID,
+        "eos_token_id": EOT_ID,
+        "torch_dtype": "float32",
+    }
+
+
+def float_state(model: GPT) -> dict[str, torch.Tensor]:
+    """Our state dict in fp32 on the CPU, without the tied head; a bias-free model gets zero biases,
+    since HF's GPT-2 and llama.cpp's always have them (zeros compute the same)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        if name != "lm_head.weight":
+            out[name] = tensor.detach().to("cpu", torch.float32).contiguous()
+    if not model.config.bias:
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear | torch.nn.LayerNorm) and name != "lm_head":
+                out.setdefault(f"{name}.bias", torch.zeros(module.weight.shape[0]))  # out_features
+    return out
+
+
+def hf_gpt2_tensors(model: GPT) -> dict[str, torch.Tensor]:
+    """The state dict in HF GPT-2's names and layout (the head left tied to wte)."""
+    return {name: t.t().contiguous() if name.endswith(_CONV1D) else t
+            for name, t in float_state(model).items()}
+
+
+def write_hf_gpt2(model: GPT, dest: Path) -> None:
+    """Write the HF folder's files into `dest` (an existing, empty folder)."""
+    from safetensors.torch import save_file
+
+    from codeassist.model.tokenizer_export import hf_tokenizer_files
+
+    save_file(hf_gpt2_tensors(model), str(dest / "model.safetensors"), metadata={"format": "pt"})
+    _write_json(dest / "config.json", hf_gpt2_config(model.config))
+    _write_json(dest / "generation_config.json", {"bos_token_id": EOT_ID, "eos_token_id": EOT_ID,
+                                                   "pad_token_id": EOT_ID})
+    for name, text in hf_tokenizer_files(model.config.block_size).items():
+        (dest / name).write_text(text, encoding="utf-8")
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+# -- reading the model ------------------------------------------------------------------------------
+
+def load_gpt2_for_export(model: str | os.PathLike[str]) -> GPT:
+    """A float GPT from a name, a model file or a HF GPT-2 folder; quantized files are dequantized."""
+    from codeassist.model.checkpoint import load_model
+    from codeassist.model.hf_gpt2 import load_hf_gpt2
+    from codeassist.model.quantized import dequantize_model
+    from codeassist.model.store import resolve_model
+
+    path, _ = resolve_model(model)
+    if path.is_dir():
+        return load_hf_gpt2(path)
+    gpt, _info = load_model(path)
+    return dequantize_model(gpt).eval()
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+def export_model(model: str | os.PathLike[str], fmt: str, out: str | os.PathLike[str], *,
+                 force: bool = False, gguf_type: str | None = None) -> Path:
+    """Export `model` to `out` in format `fmt`; returns the path written.
+
+    Checks come before any work: the format, the GGUF type, the destination. The model is read
+    next (ModelFileError when it cannot be), and the output appears only once it is complete.
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if gguf_type is not None and fmt != "gguf":
+        raise ExportError("--gguf-type applies only to --format gguf")
+    gguf_type = gguf_type or "f32"
+    if gguf_type not in GGUF_TYPES:
+        raise ExportError(f"unknown GGUF type {gguf_type!r}; choose one of: {', '.join(GGUF_TYPES)}")
+    dest = Path(out).expanduser()
+    _check_destination(dest, want_dir=fmt == "hf", force=force)
+    gpt = load_gpt2_for_export(model)
+    if fmt == "hf":
+        with _staged(dest, is_dir=True) as tmp:
+            write_hf_gpt2(gpt, tmp)
+    else:
+        from codeassist.model.export_gguf import write_gguf_gpt2
+
+        with _staged(dest, is_dir=False) as tmp:
+            write_gguf_gpt2(gpt, tmp, gguf_type)
+    return dest
+
+
+def _check_destination(dest: Path, want_dir: bool, force: bool) -> None:
+    if dest.exists() or dest.is_symlink():
+        if not force:
+            raise ExportError(f"{dest} already exists; pass --force to replace it")
+        if want_dir and not dest.is_dir():
+            raise ExportError(f"{dest} is a file, and a Hugging Face export is a folder; choose another --out")
+        if not want_dir and dest.is_dir():
+            raise ExportError(f"{dest} is a folder, and a GGUF export is one file; choose another --out")
+    if dest.parent.exists() and not dest.parent.is_dir():
+        raise ExportError(f"{dest.parent} is not a folder")
+
+
+@contextlib.contextmanager
+def _staged(dest: Path, is_dir: bool) -> Iterator[Path]:
+    """A temporary sibling of `dest` to write into; renamed onto `dest` only when the body succeeds."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+        os.close(fd)
+        tmp = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod((0o777 if is_dir else 0o666) & ~umask)  # mkdtemp/mkstemp make them private
+    try:
+        yield tmp
+        for f in tmp.iterdir() if is_dir else ():
+            f.chmod(0o666 & ~umask)  # some writers (safetensors) make their files private too
+        if dest.is_dir() and not dest.is_symlink():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old)  # a folder cannot be renamed over: move the old one aside first
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
