@@ -369,3 +369,65 @@ def test_remote_text_stream_reads_the_tokenizers_bytes(toks: dict[str, HFTokeniz
     stream = TextStream(b"", ("\n",), tk)
     out = "".join(stream.push(t) for t in tk.encode("x = 'café'\ny = 2"))
     assert out + stream.finish() == "x = 'café'"
+
+
+# -- loading: a Hugging Face folder of another family, and a model file that carries its tokenizer --
+
+def save_tiny_qwen2(folder: Path, vocab: int, positions: int = 32768, seed: int = 0) -> None:
+    """A random Qwen2 folder as Hugging Face writes it (config.json, model.safetensors with its
+    tensor names), made with our own module, whose names are Hugging Face's: no transformers
+    import (half a minute on a loaded machine); families' tests check that layout against it."""
+    from safetensors.torch import save_file
+
+    from codeassist.model.architectures import build_model
+    from codeassist.model.llama import LlamaConfig
+
+    raw = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": 32,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2, "intermediate_size": 64,
+           "vocab_size": vocab, "max_position_embeddings": positions, "tie_word_embeddings": True,
+           "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "hidden_act": "silu"}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(raw))
+    model = build_model(LlamaConfig.from_hf(raw))
+    gen = torch.Generator().manual_seed(seed)
+    state = {k: (torch.randn(v.shape, generator=gen) * 0.05).contiguous()
+             for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_engine_loads_an_hf_folder_with_its_tokenizer_and_a_capped_cache(folders: dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    import shutil
+
+    from codeassist.model.checkpoint import save_model
+
+    folder = tmp_path / "tiny-qwen"
+    shutil.copytree(folders["qwen"], folder)
+    tk = HFTokenizer.from_folder(folder)
+    save_tiny_qwen2(folder, tk.n_vocab + 20)
+    engine = Engine.load(str(folder), device="cpu")
+    assert isinstance(engine.tokenizer, HFTokenizer) and engine.tokenizer.template is TEMPLATES["qwen"]
+    assert engine.config.block_size == 32768 and engine.context_tokens == 4096
+    prefix, suffix = "def main():\n    retu", "\n\nmain()\n"
+    prompt = build_prompt(prefix, suffix, 256, tokenizer=engine.tokenizer)
+    request = GenerationRequest(prompt=prompt.ids, forced_prefix=prompt.forced_prefix,
+                                stop=StopRules(max_new_tokens=8, stop_on_eos=False))
+    first = engine.generate(request)
+    assert first.text.encode().startswith(prompt.forced_prefix)
+    assert {a.kv_cache.k.shape[2] for a in engine.model.attention_layers()} == {4096}
+    # a model file with the tokenizer in its metadata loads with that tokenizer, and answers the same
+    path = tmp_path / "qwen.safetensors"
+    save_model(engine.model, path, tokenizer=engine.tokenizer.to_metadata())
+    again = Engine.load(path, device="cpu")
+    assert isinstance(again.tokenizer, HFTokenizer) and again.tokenizer.stop_ids == engine.tokenizer.stop_ids
+    assert again.tokenizer.encode(CORPUS[:500]) == engine.tokenizer.encode(CORPUS[:500])
+    assert again.generate(request).tokens == first.tokens
+
+
+def test_a_folder_without_tokenizer_json_is_one_sentence(tmp_path: Path) -> None:
+    from codeassist.model.checkpoint import ModelFileError
+
+    save_tiny_qwen2(tmp_path, 64)
+    with pytest.raises(ModelFileError, match="no tokenizer") as info:
+        Engine.load(str(tmp_path), device="cpu")
+    assert "\n" not in str(info.value)
