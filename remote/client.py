@@ -120,7 +120,7 @@ class RemoteClient:
         wait_s = self._retry_at - self._clock()
         if wait_s > 0:
             raise RemoteError(f"{self._busy}; next try in {math.ceil(wait_s)} s")
-        stops = list(dict.fromkeys([*stop, *(self.template.stops if self.template else ())]))
+        stops = [s for s in dict.fromkeys([*stop, *(self.template.stops if self.template else ())]) if s]
         deadline = time.monotonic() + self._timeout_s  # one deadline for the call, a retry included
         response = await self._post(prefix, suffix, max_tokens, temperature, stops, deadline)
         if self._max_stops is None and len(stops) > LIMITED_STOPS and _refuses_stops(response):

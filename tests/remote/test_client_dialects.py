@@ -254,6 +254,13 @@ async def test_a_server_that_takes_long_stop_lists_gets_all_of_them(fake) -> Non
     assert seen.body["stop"] == [*BLOCK_STOPS, *TEMPLATES["qwen"].stops]
 
 
+async def test_stops_are_sent_once_each_and_never_empty(fake) -> None:  # type: ignore[no-untyped-def]
+    server = fake(openai_answer("x"))
+    client = RemoteClient(RemoteSettings(url=server.url, api="openai", template="starcoder"))
+    await ask(client, stop=["\n", "", "\n", "<|endoftext|>"])
+    assert server.seen[0].body["stop"] == ["\n", "<|endoftext|>", "<file_sep>", "<fim_prefix>"]
+
+
 async def test_a_refusal_about_something_else_is_not_retried(fake) -> None:  # type: ignore[no-untyped-def]
     server = fake(lambda seen: (400, {"error": {"message": "max_tokens is too large", "param": "max_tokens"}}))
     client = RemoteClient(RemoteSettings(url=server.url, api="openai", template="none"))
