@@ -155,6 +155,22 @@ def test_family_comes_from_config_json_not_the_name(tmp_path: Path) -> None:
     assert config.family == "qwen2" and type(model).__name__ == "Llama"
 
 
+@torch.no_grad()
+def test_gpt2_folders_go_through_our_gpt(tmp_path: Path) -> None:
+    import transformers
+
+    from codeassist.model.gpt import GPT
+
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=64))
+    hf.eval().save_pretrained(tmp_path)
+    model, config = load_pretrained(tmp_path)
+    assert isinstance(model, GPT) and family_of(tmp_path) == "gpt2" and config.block_size == 64
+    x = _prompt(12, seed=11)
+    ref = hf(x).logits
+    torch.testing.assert_close(model(x)[..., :ref.size(-1)], ref, atol=TOL, rtol=0)
+
+
 def _one_sentence(exc: pytest.ExceptionInfo[ModelFileError]) -> str:
     text = str(exc.value)
     assert text and "\n" not in text and "Traceback" not in text
@@ -249,3 +265,35 @@ def test_bf16_weights_keep_the_cache_and_rope_in_bf16(folders: dict[str, tuple[P
     assert model.attention_layers()[0].kv_cache.k.dtype == torch.bfloat16
     ref = float_model(x)
     assert (got.float().argmax(-1) == ref.argmax(-1)).float().mean() >= 0.8
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_cuda_bf16_matches_transformers_and_quantizes(folders: dict[str, tuple[Path, Any]]) -> None:
+    """A GPU check: weights, RoPE tables and caches on CUDA in bf16; int8 and int4 kernels there."""
+    if not torch.cuda.is_available():
+        pytest.skip("GPU check: needs CUDA; run it on a machine with a GPU (pytest -m gpu)")
+    import copy
+
+    from codeassist.quantization.quantize import quantize
+
+    for name in ("qwen2", "llama", "bigcode"):
+        folder, hf = folders[name]
+        model, _ = load_pretrained(folder, device="cuda", dtype=torch.bfloat16)
+        hf_gpu = copy.deepcopy(hf).to("cuda", torch.bfloat16)
+        x = _prompt(23, seed=1).cuda()
+        ref = hf_gpu(x).logits.float()
+        full = model(x).float()
+        assert (full - ref).abs().max() < 0.05 * ref.abs().max(), name
+        model.setup_kv_cache(1, 32)
+        assert model.attention_layers()[0].kv_cache.k.device.type == "cuda"
+        steps = [model(x[:, :15], torch.arange(15, device="cuda").unsqueeze(0), 15)]
+        for p in range(15, 23):
+            steps.append(model(x[:, p:p + 1], torch.tensor([[p]], device="cuda"), p + 1))
+        cached = torch.cat(steps, dim=1).float()
+        assert (cached - full).abs().max() < 0.05 * full.abs().max(), name
+        float_cpu, _ = load_pretrained(folder)
+        for method in ("int8", "int4"):
+            q = quantize(float_cpu, method, group_size=32).build(float_cpu).to("cuda", torch.bfloat16)
+            got = q(x).float()
+            assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.7, (name, method)
