@@ -45,6 +45,8 @@ async function chooseModel(): Promise<void> {
   const picks: vscode.QuickPickItem[] = [
     { label: "default", description: "the embedded model (fast, small)" },
     { label: "gpt2", description: "GPT-2 124M (downloaded once from Hugging Face)" },
+    { label: "hf:Qwen/Qwen2.5-Coder-0.5B", description: "Qwen2.5-Coder 0.5B (downloaded once; fits a laptop CPU)" },
+    { label: "hf:Qwen/Qwen2.5-Coder-1.5B", description: "Qwen2.5-Coder 1.5B (downloaded once; best with a GPU)" },
     { label: "Enter a model name or path…" },
     { label: "Choose a model file…" },
   ];
@@ -52,7 +54,9 @@ async function chooseModel(): Promise<void> {
   if (!pick) return;
   let model: string | undefined = pick.label;
   if (pick.label.startsWith("Enter")) {
-    model = await vscode.window.showInputBox({ prompt: "A model name (from codeassist train --out) or a path" });
+    model = await vscode.window.showInputBox({
+      prompt: "A model name (from codeassist train --out), hf:ORG/NAME[@REVISION] from Hugging Face, or a path",
+    });
   } else if (pick.label.startsWith("Choose")) {
     const files = await vscode.window.showOpenDialog({ filters: { "model files": ["safetensors"] } });
     model = files?.[0]?.fsPath;
