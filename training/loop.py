@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from codeassist.model.checkpoint import save_model, save_tensors_atomic
+from codeassist.model.checkpoint import save_tensors_atomic
 from codeassist.model.config import ModelConfig
 from codeassist.model.gpt import GPT
 from codeassist.training.ddp import DistEnv, all_reduce_sum
+from codeassist.training.lora import save_merged
 from codeassist.training.state import TrainState, load_train_state, save_train_state
 
 log = logging.getLogger(__name__)
@@ -281,7 +282,8 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
             keep_last_checkpoints(state_path, state.step, keep_checkpoints)
             if last and cfg.early_stop_patience > 0:
                 restore_best(model, out_dir, state)
-            save_model(model, out_dir / "model.safetensors", provenance=_provenance(state, provenance))
+            # with LoRA adapters, the file holds the merged weights: an ordinary model file
+            save_merged(model, out_dir / "model.safetensors", provenance=_provenance(state, provenance))
     return state
 
 

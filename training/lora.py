@@ -15,8 +15,10 @@ state) are these functions.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -159,3 +161,19 @@ def wants_lora(model: nn.Module, method: str = "auto") -> bool:
     if method not in ("auto", "lora", "full"):
         raise ValueError(f"unknown fine-tuning method {method!r}; use auto, lora or full")
     return method == "lora" or (method == "auto" and count_parameters(model) > LORA_DEFAULT_ABOVE)
+
+
+def save_merged(model: nn.Module, path: str | os.PathLike[str], provenance: dict[str, Any] | None = None,
+                tokenizer: dict[str, str] | None = None) -> None:
+    """Write the model file of `model` with its adapters folded in (a plain save without adapters)."""
+    from codeassist.model.causal_lm import CausalLM
+    from codeassist.model.checkpoint import model_metadata, save_model, save_tensors_atomic
+
+    assert isinstance(model, CausalLM)
+    if not has_lora(model):
+        save_model(model, path, provenance=provenance, tokenizer=tokenizer)
+        return
+    state = merged_state_dict(model)
+    if model.tied_embeddings:
+        state.pop("lm_head.weight", None)
+    save_tensors_atomic(path, state, model_metadata(model.config, provenance, tokenizer=tokenizer))

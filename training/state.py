@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors import safe_open
 
+from codeassist.model.architectures import FamilyConfig, config_from_dict, family_name
+from codeassist.model.causal_lm import CausalLM
 from codeassist.model.checkpoint import ModelFileError, save_tensors_atomic
-from codeassist.model.config import ModelConfig
-from codeassist.model.gpt import GPT
 
 if TYPE_CHECKING:
     from codeassist.training.loop import TrainConfig
@@ -49,11 +49,11 @@ class TrainState:
 _RESUMABLE_CHANGES = {"max_iters", "time_budget_s", "eval_interval", "eval_batches", "ckpt_interval"}
 
 
-def save_train_state(path: Path, model: GPT, opt: torch.optim.Optimizer, state: TrainState,
+def save_train_state(path: Path, model: CausalLM, opt: torch.optim.Optimizer, state: TrainState,
                      cfg: TrainConfig) -> None:
     tensors: dict[str, torch.Tensor] = {}
     for k, v in model.state_dict().items():
-        if k != "lm_head.weight":
+        if not (model.tied_embeddings and k == "lm_head.weight"):
             tensors[f"model.{k}"] = v
     params = [p for g in opt.param_groups for p in g["params"]]
     for i, p in enumerate(params):
@@ -66,12 +66,13 @@ def save_train_state(path: Path, model: GPT, opt: torch.optim.Optimizer, state: 
         "state": json.dumps(state.__dict__),
         "train_config": json.dumps(cfg.to_dict(), sort_keys=True),
         "model_config": model.config.to_json(),
+        "model_family": family_name(model.config),
     }
     save_tensors_atomic(path, tensors, meta)
 
 
-def load_train_state(path: Path, model: GPT, opt: torch.optim.Optimizer, cfg: TrainConfig,
-                     config: ModelConfig, data_id: str = "") -> TrainState:
+def load_train_state(path: Path, model: CausalLM, opt: torch.optim.Optimizer, cfg: TrainConfig,
+                     config: FamilyConfig, data_id: str = "") -> TrainState:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -80,7 +81,11 @@ def load_train_state(path: Path, model: GPT, opt: torch.optim.Optimizer, cfg: Tr
         raise ModelFileError(f"training checkpoint {path} is damaged ({str(exc)[:120]})") from None
     if meta.get("format") != "codeassist-train-state":
         raise ResumeError(f"{path} is not a codeassist training checkpoint")
-    if ModelConfig.from_dict(json.loads(meta["model_config"])) != config:
+    try:
+        saved_model = config_from_dict(meta.get("model_family", "gpt2"), json.loads(meta["model_config"]))
+    except (KeyError, ValueError, TypeError):
+        raise ResumeError(f"{path} has a damaged model config") from None
+    if saved_model != config:
         raise ResumeError("cannot resume: the checkpoint was trained with a different model shape")
     saved_cfg: dict[str, Any] = json.loads(meta["train_config"])
     changed = sorted(k for k, v in cfg.to_dict().items()
@@ -94,7 +99,8 @@ def load_train_state(path: Path, model: GPT, opt: torch.optim.Optimizer, cfg: Tr
     if data_id and state.data_id and data_id != state.data_id:
         raise ResumeError("cannot resume: the training data changed since the checkpoint was written")
     sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    if model.tied_embeddings:
+        sd["lm_head.weight"] = sd[f"{model.EMBEDDING}.weight"]
     model.load_state_dict(sd, strict=True)
     params = [p for g in opt.param_groups for p in g["params"]]
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
