@@ -153,6 +153,8 @@ def set_dropout(model: GPT, p: float) -> None:
     so a resume checks it like the rest of the model's shape."""
     from codeassist.model.gpt import CausalSelfAttention
 
+    if getattr(model.config, "dropout", 0.0) == p:
+        return  # as it was trained (other families' configs need not have the field)
     model.config = dataclasses.replace(model.config, dropout=p)
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):

@@ -172,3 +172,17 @@ def test_the_check_split_is_apart_from_training_and_the_gates_files(tmp_path: Pa
     assert len(load_split(tmp_path / "d", "replay")) == ds.replay_tokens
     with pytest.raises(ValueError, match="too few files"):
         build_dataset(_files(2), tmp_path / "x", workers=1, check=True)
+
+
+def test_only_code_is_held_out_for_the_gate() -> None:
+    from codeassist.training.dataset import split_files
+
+    docs = [SourceFile(path=f"docs/page{i}.rst", language="markdown", text="Title\n=====\n\nSome prose here.\n")
+            for i in range(40)]
+    code = _files(12)
+    train, val = split_files(docs + code, val_fraction=0.3)
+    assert val and all(f.language == "python" for f in val)
+    assert {f.path for f in train} == {f.path for f in docs + code} - {f.path for f in val}
+    # a project with one code file or none still holds out what it has
+    _, val = split_files(docs + code[:1], val_fraction=0.3)
+    assert val and any(f.language == "markdown" for f in val)
