@@ -19,6 +19,11 @@ request if it is still running. Per-keystroke latency p50/p95 (of the requests t
 superseded), with the prefix cache on and off, in the same run, and the most users each holds
 at p95 <= 300 ms.
 
+`--against llama-server` adds llama.cpp's server to the same typing run: the same model exported
+to GGUF (`codeassist export --format gguf`, or `--gguf PATH`), one slot per user, `cache_prompt`
+on, the same keystroke stream to its OpenAI-compatible /v1/completions, the same report. The
+binaries come from benchmarks/setup_llamacpp.sh (built once, in a cache outside the repository).
+
 The model's weights do not matter for throughput: by default a random model of the embedded
 default model's shape (model/config.py preset "default") is saved to a temporary folder.
 """
@@ -34,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,13 +81,15 @@ class Server:
                "--threads", os.environ.get("BENCH_THREADS", "0"), *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
 
+    ready_path = "/ready"
+
     def wait_ready(self) -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise SystemExit("the server exited during start-up")
             try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -91,6 +99,21 @@ class Server:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(120)
+
+
+class LlamaServer(Server):
+    """llama.cpp's llama-server on loopback: one slot per user, each slot keeping its last prompt."""
+
+    ready_path = "/health"  # 503 while the model loads
+
+    def __init__(self, binaries: Path, gguf: Path, slots: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        threads = os.environ.get("BENCH_THREADS", "0")
+        cmd = [str(binaries / "llama-server"), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port),
+               "--parallel", str(slots), "--ctx-size", str(slots * SLOT_TOKENS), "--no-kv-unified",
+               "--threads", threads if threads != "0" else str(os.cpu_count() or 1), "--log-disable"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @dataclass
@@ -200,6 +223,7 @@ def run_levels(model: Path, levels: list[int], requests: int) -> None:
 KEYSTROKE_S = 0.150
 WINDOW_TOKENS = 700
 TYPED_TOKENS = 16
+SLOT_TOKENS = 1024  # llama-server's context per slot: the window, what is typed, the answer
 
 
 def typing_scripts(users: int, seed: int = 2) -> list[tuple[str, str]]:
@@ -219,13 +243,14 @@ def typing_scripts(users: int, seed: int = 2) -> list[tuple[str, str]]:
 
 
 async def typist(http: httpx.AsyncClient, window: str, typed: str, seconds: float, tally: Tally,
-                 cached: list[int]) -> None:
+                 cached: list[int], session: str, extra: dict[str, object]) -> None:
     """One user: a keystroke every 150 ms, each a request that supersedes the previous one."""
+    headers = {"X-Codeassist-Session": session}  # as the language server sends it (deploy/ routes by it)
 
     async def keystroke(prompt: str) -> None:
-        body = {"prompt": prompt, "max_tokens": TYPED_TOKENS, "temperature": 0, "ignore_eos": True}
+        body = {"prompt": prompt, "max_tokens": TYPED_TOKENS, "temperature": 0, "ignore_eos": True, **extra}
         t0 = time.perf_counter()
-        r = await http.post("/v1/completions", json=body)
+        r = await http.post("/v1/completions", json=body, headers=headers)
         if r.status_code != 200:
             tally.errors.append(f"HTTP {r.status_code}")
             return
@@ -244,11 +269,13 @@ async def typist(http: httpx.AsyncClient, window: str, typed: str, seconds: floa
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def drive_typing(url: str, scripts: list[tuple[str, str]], seconds: float) -> tuple[Tally, list[int]]:
-    tally, cached = Tally(), []
+async def drive_typing(url: str, scripts: list[tuple[str, str]], seconds: float,
+                       extra: dict[str, object] | None = None) -> tuple[Tally, list[int]]:
+    tally, cached = Tally(), list[int]()
     limits = httpx.Limits(max_connections=4 * len(scripts) + 4)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
-        await asyncio.gather(*(typist(http, w, t, seconds, tally, cached) for w, t in scripts))
+        await asyncio.gather(*(typist(http, w, t, seconds, tally, cached, f"bench-user-{i}", extra or {})
+                               for i, (w, t) in enumerate(scripts)))
     return tally, cached
 
 
@@ -259,34 +286,69 @@ def metric(url: str, name: str) -> float:
     return 0.0
 
 
-def run_typing(model: Path, levels: list[int], seconds: float) -> None:
+def llamacpp_binaries() -> Path:
+    """The folder holding llama-server, built by benchmarks/setup_llamacpp.sh if it is not yet."""
+    script = Path(__file__).with_name("setup_llamacpp.sh")
+    out = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE, text=True, check=True).stdout
+    return Path(out.strip().splitlines()[-1])
+
+
+def export_gguf(model: Path, folder: Path) -> Path:
+    """The benchmark's model as GGUF (`codeassist export --format gguf`), for llama-server."""
+    out = folder / (model.stem + ".gguf")
+    proc = subprocess.run([sys.executable, "-m", "codeassist.cli", "export", str(model), "--format", "gguf",
+                           "--out", str(out)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"could not export {model.name} to GGUF for llama-server (pass --gguf PATH): "
+                         f"{(proc.stderr.strip().splitlines() or ['codeassist export failed'])[-1]}")
+    return out
+
+
+def run_typing(model: Path, levels: list[int], seconds: float, llama: tuple[Path, Path] | None = None) -> None:
     held: dict[str, int] = {}
     p50s: dict[tuple[str, int], float] = {}
-    for label, mb in (("prefix cache on", "256"), ("prefix cache off", "0")):
-        server = Server(model, max_batch=max(16, max(levels)), max_queue=64, extra=("--prefix-cache-mb", mb))
+    batch = max(16, max(levels))
+    modes: list[tuple[str, Callable[[], Server], dict[str, object]]] = [
+        ("prefix cache on",
+         lambda: Server(model, max_batch=batch, max_queue=64, extra=("--prefix-cache-mb", "256")), {}),
+        ("prefix cache off",
+         lambda: Server(model, max_batch=batch, max_queue=64, extra=("--prefix-cache-mb", "0")), {}),
+    ]
+    if llama is not None:
+        binaries, gguf = llama
+        modes.append(("llama-server", lambda: LlamaServer(binaries, gguf, slots=max(levels)),
+                      {"cache_prompt": True}))
+    for label, start, extra in modes:
+        server = start()
+        ours = not isinstance(server, LlamaServer)
         try:
             server.wait_ready()
-            asyncio.run(drive_typing(server.url, typing_scripts(1, seed=99), 2.0))  # warm-up
+            asyncio.run(drive_typing(server.url, typing_scripts(1, seed=99), 2.0, extra))  # warm-up
             for n in levels:
-                prefilled = metric(server.url, "codeassist_prompt_tokens_total")
-                tally, cached = asyncio.run(drive_typing(server.url, typing_scripts(n), seconds))
-                prefilled = metric(server.url, "codeassist_prompt_tokens_total") - prefilled
+                prefilled = metric(server.url, "codeassist_prompt_tokens_total") if ours else 0.0
+                tally, cached = asyncio.run(drive_typing(server.url, typing_scripts(n), seconds, extra))
                 p50, p95 = pct(tally.latencies, 0.5), pct(tally.latencies, 0.95)
                 p50s[label, n] = p50
                 if p95 <= 0.300:
                     held[label] = max(held.get(label, 0), n)
                 sent = len(tally.latencies) + tally.statuses.get(-1, 0) + len(tally.errors)
+                prefill = (f"prefilled tokens/keystroke "
+                           f"{(metric(server.url, 'codeassist_prompt_tokens_total') - prefilled) / max(1, sent):4.0f}"
+                           if ours else "prefilled tokens/keystroke    -")
                 print(f"{label:<17} {n:>3} users: p50 {p50 * 1e3:6.0f} ms  p95 {p95 * 1e3:6.0f} ms  "
                       f"{sent} keystrokes, {tally.statuses.get(-1, 0)} superseded, errors {len(tally.errors)} "
                       f"{sorted(set(tally.errors))[:2]}, "
-                      f"cached tokens/answer {sum(cached) / max(1, len(cached)):4.0f}, "
-                      f"prefilled tokens/keystroke {prefilled / max(1, sent):4.0f}")
+                      f"cached tokens/answer {sum(cached) / max(1, len(cached)):4.0f}, {prefill}")
         finally:
             server.stop()
     for n in levels:
-        print(f"{n:>3} users: p50 ratio, cache off / on: {p50s['prefix cache off', n] / p50s['prefix cache on', n]:.1f}x")
+        line = f"{n:>3} users: p50 ratio, cache off / on: {p50s['prefix cache off', n] / p50s['prefix cache on', n]:.1f}x"
+        if llama is not None:
+            line += f", llama-server / ours (cache on): {p50s['llama-server', n] / p50s['prefix cache on', n]:.2f}x"
+        print(line)
     print(f"most users held at p95 <= 300 ms: cache on {held.get('prefix cache on', 0)}, "
-          f"off {held.get('prefix cache off', 0)} (of {levels})")
+          f"off {held.get('prefix cache off', 0)}"
+          + (f", llama-server {held.get('llama-server', 0)}" if llama is not None else "") + f" (of {levels})")
 
 
 def random_default_model(folder: Path, preset: str) -> Path:
@@ -313,12 +375,18 @@ def main() -> None:
     ap.add_argument("--users", default="1,2,4,8", help="typing: simulated users, one level per run")
     ap.add_argument("--seconds", type=float, default=15.0, help="typing: how long each level types")
     ap.add_argument("--levels", help="instead: tokens/s of one batching server at these client counts, e.g. 1,16,64")
+    ap.add_argument("--against", choices=["llama-server"], help="typing: also llama.cpp's server, same model")
+    ap.add_argument("--gguf", help="typing --against llama-server: the model as GGUF (default: exported now)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("CODEASSIST_HOME", tmp)
         model = Path(args.model) if args.model else random_default_model(Path(tmp), args.preset)
         if args.workload == "typing":
-            run_typing(model, [int(x) for x in args.users.split(",")], args.seconds)
+            llama = None
+            if args.against == "llama-server":
+                gguf = Path(args.gguf) if args.gguf else export_gguf(model, Path(tmp))
+                llama = (llamacpp_binaries(), gguf)
+            run_typing(model, [int(x) for x in args.users.split(",")], args.seconds, llama)
             return
         if args.levels:
             run_levels(model, [int(x) for x in args.levels.split(",")], args.requests)
