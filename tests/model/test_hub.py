@@ -227,3 +227,27 @@ def test_online_it_downloads_once_and_only_what_a_model_needs(home: Path, online
         assert "hf:Qwen/Qwen2.5-Coder-0.5B" in list_models()
     finally:
         hub.close()
+
+
+def test_the_engine_loads_an_hf_model_downloaded_from_the_hub(home: Path, online: None, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--model hf:` everywhere --model is taken: Engine.load downloads a tiny Qwen2 (its tokenizer
+    files included) and answers as the same folder loaded by path."""
+    from codeassist.model.engine import Engine, GenerationRequest, StopRules
+    from codeassist.model.tokenization import HFTokenizer
+    from tests.model.test_tokenization import build_folder, save_tiny_qwen2
+
+    folder = build_folder(tmp_path / "tiny-qwen", "qwen")
+    save_tiny_qwen2(folder, HFTokenizer.from_folder(folder).n_vocab + 20, positions=256)
+    hub = FakeHub("tiny/qwen", {p.name: p.read_bytes() for p in folder.iterdir()})
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    try:
+        engine = Engine.load("hf:tiny/qwen", device="cpu")
+    finally:
+        hub.close()
+    local = Engine.load(str(folder), device="cpu")
+    assert engine.name == "tiny/qwen" and engine.tokenizer.template is not None
+    assert engine.tokenizer.template.name == "qwen"
+    ids = engine.tokenizer.encode("def main():\n    return")
+    request = GenerationRequest(prompt=ids, stop=StopRules(max_new_tokens=6, stop_on_eos=False))
+    assert engine.generate(request).tokens == local.generate(request).tokens
