@@ -94,7 +94,10 @@ class Tokenizer(ABC):
             raise ValueError("this model has no fill-in-the-middle template; build a left-to-right prompt")
         p, s, m = self.special_id(t.prefix), self.special_id(t.suffix), self.special_id(t.middle)
         head = [self.bos_id] if self.bos_id is not None else []
-        pp, sp, mp = (self.encode(x) if x else [] for x in (t.prefix_pad, t.suffix_pad, t.middle_pad))
+        # a space before a marker that is stored with its space ("▁<SUF>", Code Llama's) is in the marker
+        pp = self.encode(t.prefix_pad) if t.prefix_pad else []
+        sp = self.encode(t.suffix_pad) if t.suffix_pad and not self._spaced(t.suffix) else []
+        mp = self.encode(t.middle_pad) if t.middle_pad and not self._spaced(t.middle) else []
         if t.spm if spm is None else spm:
             ids = [*head, s, *suffix, p, *pp, *prefix, *mp, m]
         else:
@@ -105,6 +108,10 @@ class Tokenizer(ABC):
     def stop_strings(self) -> tuple[str, ...]:
         """The template's stop strings that are not single tokens of this vocabulary (stop as text)."""
         return ()
+
+    def _spaced(self, marker: str) -> bool:
+        """The vocabulary has `marker` only with SentencePiece's space before it ("▁<MID>")."""
+        return False
 
 
 class CodeassistTokenizer(Tokenizer):
@@ -164,7 +171,7 @@ def resolve(tokenizer: Tokenizer | None) -> Tokenizer:
 
 # Control tokens that a vocabulary may list as added but not "special" (Qwen2.5's FIM markers,
 # DeepSeek-Coder's): they are markers, never text.
-_CONTROL = re.compile(r"^(<\|[^|]*\|>|<｜[^｜]*｜>|<[a-z_]+>|</s>|<s>|<unk>|<pad>|<EOT>|<PRE>|<SUF>|<MID>|▁<(PRE|SUF|MID)>)$")
+_CONTROL = re.compile(r"^(<\|[^|]*\|>|<｜[^｜]*｜>|<[a-z_]+>|</s>|<s>|<unk>|<pad>|<EOT>|<PRE>|<SUF>|<MID>|▁<(PRE|SUF|MID|EOT)>)$")
 _KNOWN_MARKERS = frozenset(s for t in TEMPLATES.values() for s in (*t.markers(), *t.stops))
 
 
@@ -265,8 +272,11 @@ class HFTokenizer(Tokenizer):
         name = self._meta.get("template")
         self.template = get_template(name) if name else None
         stops = set(eos)
-        if self.template is not None:
-            stops |= {vocab[s] for s in self.template.stops if s in vocab}
+        if self.template is not None:  # Code Llama's end is "▁<EOT>"
+            for s in self.template.stops:
+                stop = vocab.get(s, vocab.get("▁" + s))
+                if stop is not None:
+                    stops.add(stop)
         self.stop_ids = frozenset(stops)
         self._special_set |= self.stop_ids  # an eos id is never text, whatever the file says
 
@@ -353,6 +363,9 @@ class HFTokenizer(Tokenizer):
 
     def special_ids(self) -> frozenset[int]:
         return self._special_set
+
+    def _spaced(self, marker: str) -> bool:
+        return marker not in self._specials and "▁" + marker in self._specials
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.template is None:

@@ -223,6 +223,50 @@ def test_ours_keeps_its_ids() -> None:
     assert ours.is_special(tok.VOCAB_SIZE - 1) and not ours.is_special(ids[0])
 
 
+def build_sentencepiece(path: Path) -> Path:
+    """A Llama-style tokenizer.json: BPE over "▁"-spaced pieces with <0xNN> byte fallback, the dummy
+    "▁" prepended by the normalizer, and Code Llama's markers stored with their space ("▁<PRE>")."""
+    import string
+
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for c in ["▁", *string.ascii_letters, *string.digits, *string.punctuation, "\n", "\t"]:
+        vocab.setdefault(c, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in ("▁def", "▁return", "▁main", "▁▁", "▁▁▁▁", "():"):
+        for k in range(1, len(word)):
+            merges.append((word[:k], word[k]))
+            vocab.setdefault(word[:k + 1], len(vocab))
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                    decoders.Strip(" ", 1, 0)])
+    tk.add_special_tokens(["<unk>", "<s>", "</s>"])
+    tk.add_tokens([AddedToken(t, special=False, normalized=False) for t in ("▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>")])
+    path.mkdir(parents=True, exist_ok=True)
+    tk.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>",
+                                                            "add_bos_token": True}))
+    return path
+
+
+def test_sentencepiece_bytes_and_code_llama_layout(tmp_path: Path) -> None:
+    tk = HFTokenizer.from_folder(build_sentencepiece(tmp_path))
+    assert tk.template is TEMPLATES["codellama"] and tk.bos_id == 1
+    assert tk.stop_ids == {2, tk.special_id("▁<EOT>")}
+    for text in ("def main():\n    return 'café' 🐍", " leading space", "\ttab\n\n"):
+        ids = tk.encode(text)  # no dummy "▁": the pieces of a prompt concatenate to its bytes
+        assert b"".join(tk.token_bytes(i) for i in ids) == text.encode("utf-8")
+        assert tk.decode(ids) == text
+    assert [tk.token_bytes(i) for i in tk.encode("é")] == [b"\xc3", b"\xa9"]  # <0xC3><0xA9>
+    assert tk.token_bytes(tk.encode(" return")[0]) == b" return"
+    ids = tk.fim_ids(tk.encode("x = "), tk.encode("\n"))
+    pre, suf, mid = (tk.special_id(m) for m in ("<PRE>", "<SUF>", "<MID>"))
+    # <s> ▁<PRE> " " prefix ▁<SUF> suffix ▁<MID>: the spaces before <SUF> and <MID> are in the markers
+    assert ids == [1, pre, *tk.encode(" "), *tk.encode("x = "), suf, *tk.encode("\n"), mid]
+
+
 # -- the completion path with an HF tokenizer and a tiny random GPT --------------------------------
 
 def tiny_engine(tk: Tokenizer, seed: int = 0, block_size: int = 128) -> Engine:
