@@ -14,7 +14,7 @@ from codeassist.model.bigcode import BigCode, BigCodeConfig
 from codeassist.model.causal_lm import CausalLM
 from codeassist.model.config import ModelConfig
 from codeassist.model.gpt import GPT
-from codeassist.model.llama import Llama, LlamaConfig
+from codeassist.model.llama import Llama, LlamaConfig, Starcoder2
 
 FamilyConfig = ModelConfig | LlamaConfig | BigCodeConfig
 
@@ -23,6 +23,7 @@ FAMILIES: dict[str, tuple[type[Any], type[CausalLM]]] = {
     "llama": (LlamaConfig, Llama),
     "qwen2": (LlamaConfig, Llama),
     "gpt_bigcode": (BigCodeConfig, BigCode),
+    "starcoder2": (LlamaConfig, Starcoder2),
 }
 
 

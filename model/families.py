@@ -24,7 +24,7 @@ from codeassist.model.causal_lm import CausalLM
 from codeassist.model.checkpoint import ModelFileError, check_safetensors, load_tensors
 from codeassist.model.llama import LlamaConfig
 
-SUPPORTED = tuple(FAMILIES)  # Hugging Face model types: gpt2, llama, qwen2, gpt_bigcode
+SUPPORTED = tuple(FAMILIES)  # Hugging Face model types: gpt2, llama, qwen2, gpt_bigcode, starcoder2
 INDEX = "model.safetensors.index.json"
 # buffers some checkpoints store that are computed here, not loaded
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")

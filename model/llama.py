@@ -1,10 +1,12 @@
-"""The Llama family as Hugging Face defines it: `llama` (Code Llama, DeepSeek-Coder) and `qwen2`
-(Qwen2.5-Coder).
+"""The Llama family as Hugging Face defines it: `llama` (Code Llama, DeepSeek-Coder), `qwen2`
+(Qwen2.5-Coder) and `starcoder2`.
 
 RoPE, RMSNorm, a SwiGLU MLP and grouped-query attention (n_kv_head key/value heads shared by
 n_head / n_kv_head query heads each). qwen2 has biases on q, k and v; llama has them on all four
 projections when `attention_bias` is set. The embedding may be tied to the head (Qwen2.5-Coder
-0.5B and 1.5B) or not.
+0.5B and 1.5B) or not. starcoder2 is the same trunk with LayerNorm, a plain GELU MLP (c_fc,
+c_proj) and biases everywhere; its sliding window is honoured by capping the context at the
+window, where sliding and full attention are the same thing.
 
 Module names are Hugging Face's (`model.layers.N.self_attn.q_proj`, ...), so a checkpoint maps
 one to one and an export writes the same names back. The rotary tables are computed from the
@@ -24,14 +26,15 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from codeassist.model.causal_lm import CausalLM, KVCache, attend
+from codeassist.model.gpt import gelu_tanh
 
-MODEL_TYPES = ("llama", "qwen2")
+MODEL_TYPES = ("llama", "qwen2", "starcoder2")
 ROPE_TYPES = ("default", "linear")
 
 
 @dataclass(frozen=True)
 class LlamaConfig:
-    family: str = "llama"  # Hugging Face's model_type: llama | qwen2
+    family: str = "llama"  # Hugging Face's model_type: llama | qwen2 | starcoder2
     block_size: int = 2048  # max_position_embeddings; the engine caps its cache below this
     vocab_size: int = 32000
     n_layer: int = 2
@@ -40,7 +43,7 @@ class LlamaConfig:
     n_embd: int = 64
     head_dim: int = 16  # usually n_embd / n_head, but Llama's config may say otherwise
     intermediate_size: int = 172  # the SwiGLU hidden width
-    rms_norm_eps: float = 1e-6
+    rms_norm_eps: float = 1e-6  # the norms' epsilon (starcoder2: its LayerNorms', norm_epsilon)
     rope_theta: float = 10000.0
     rope_linear_factor: float = 1.0  # positions divided by this (linear RoPE scaling: DeepSeek-Coder)
     qkv_bias: bool = False  # qwen2: True
@@ -67,9 +70,11 @@ class LlamaConfig:
         model_type = hf.get("model_type")
         if model_type not in MODEL_TYPES:
             raise ValueError(f"model_type {model_type!r} is not in the Llama family")
-        act = hf.get("hidden_act", "silu")
-        if act != "silu":
-            raise ValueError(f"its hidden_act is {act!r}; the Llama family here uses silu only")
+        starcoder2 = model_type == "starcoder2"
+        act = hf.get("hidden_act", "gelu_pytorch_tanh" if starcoder2 else "silu")
+        wanted = ("gelu_pytorch_tanh", "gelu_new", "gelu_fast") if starcoder2 else ("silu",)
+        if act not in wanted:
+            raise ValueError(f"its hidden_act is {act!r}; codeassist runs {model_type} with {' or '.join(wanted)}")
         if hf.get("use_sliding_window"):
             raise ValueError("it uses sliding-window attention, which codeassist does not support")
         if hf.get("pretraining_tp", 1) not in (1, None):
@@ -84,36 +89,43 @@ class LlamaConfig:
             raise ValueError("it uses partial rotary embeddings, which codeassist does not support")
         theta = hf.get("rope_theta") or rope.get("rope_theta") or 10000.0
         n_embd, n_head = int(hf["hidden_size"]), int(hf["num_attention_heads"])
-        attn_bias = bool(hf.get("attention_bias", False))
+        attn_bias = bool(hf.get("use_bias", True) if starcoder2 else hf.get("attention_bias", False))
+        block_size = int(hf.get("max_position_embeddings", 2048 if model_type == "llama" else 32768))
+        if starcoder2 and hf.get("sliding_window"):
+            block_size = min(block_size, int(hf["sliding_window"]))  # within the window, attention is full
         return cls(
-            family=model_type,
-            block_size=int(hf.get("max_position_embeddings", 2048 if model_type == "llama" else 32768)),
+            family=model_type, block_size=block_size,
             vocab_size=int(hf["vocab_size"]), n_layer=int(hf["num_hidden_layers"]), n_head=n_head,
             n_kv_head=int(hf.get("num_key_value_heads") or n_head), n_embd=n_embd,
             head_dim=int(hf.get("head_dim") or n_embd // n_head),
             intermediate_size=int(hf["intermediate_size"]),
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=float(theta),
+            rms_norm_eps=float(hf.get("norm_epsilon", 1e-5) if starcoder2 else hf.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(theta),
             rope_linear_factor=float(rope.get("factor", 1.0)) if rope_type == "linear" else 1.0,
             qkv_bias=True if model_type == "qwen2" else attn_bias,
             o_bias=False if model_type == "qwen2" else attn_bias,
-            mlp_bias=bool(hf.get("mlp_bias", False)) if model_type == "llama" else False,
+            mlp_bias=attn_bias if starcoder2 else bool(hf.get("mlp_bias", False)) if model_type == "llama" else False,
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         )
 
     def to_hf(self) -> dict[str, Any]:
         """The Hugging Face config.json of this shape (what an export writes)."""
+        arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "starcoder2": "Starcoder2ForCausalLM"}
         hf: dict[str, Any] = {
-            "model_type": self.family,
-            "architectures": ["LlamaForCausalLM" if self.family == "llama" else "Qwen2ForCausalLM"],
+            "model_type": self.family, "architectures": [arch[self.family]],
             "max_position_embeddings": self.block_size, "vocab_size": self.vocab_size,
             "num_hidden_layers": self.n_layer, "num_attention_heads": self.n_head,
             "num_key_value_heads": self.n_kv_head, "hidden_size": self.n_embd, "head_dim": self.head_dim,
-            "intermediate_size": self.intermediate_size, "rms_norm_eps": self.rms_norm_eps,
-            "hidden_act": "silu", "rope_theta": self.rope_theta,
+            "intermediate_size": self.intermediate_size, "rope_theta": self.rope_theta,
             "rope_scaling": ({"rope_type": "linear", "factor": self.rope_linear_factor}
                              if self.rope_linear_factor != 1.0 else None),
             "tie_word_embeddings": self.tie_word_embeddings, "torch_dtype": "float32",
         }
+        if self.family == "starcoder2":
+            hf.update(norm_epsilon=self.rms_norm_eps, hidden_act="gelu_pytorch_tanh", use_bias=self.qkv_bias,
+                      sliding_window=None)
+        else:
+            hf.update(rms_norm_eps=self.rms_norm_eps, hidden_act="silu")
         if self.family == "llama":
             hf.update(attention_bias=self.qkv_bias, mlp_bias=self.mlp_bias)
         return hf
@@ -196,13 +208,29 @@ class LlamaMLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+class Starcoder2MLP(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.intermediate_size, bias=config.mlp_bias)
+        self.c_proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(gelu_tanh(self.c_fc(x)))
+
+
+def make_norm(config: LlamaConfig) -> RMSNorm | nn.LayerNorm:
+    if config.family == "starcoder2":
+        return nn.LayerNorm(config.n_embd, eps=config.rms_norm_eps)
+    return RMSNorm(config.n_embd, config.rms_norm_eps)
+
+
 class LlamaLayer(nn.Module):
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(config.n_embd, config.rms_norm_eps)
+        self.input_layernorm = make_norm(config)
         self.self_attn = LlamaAttention(config)
-        self.post_attention_layernorm = RMSNorm(config.n_embd, config.rms_norm_eps)
-        self.mlp = LlamaMLP(config)
+        self.post_attention_layernorm = make_norm(config)
+        self.mlp: nn.Module = Starcoder2MLP(config) if config.family == "starcoder2" else LlamaMLP(config)
 
     @property
     def attn(self) -> LlamaAttention:
@@ -220,7 +248,7 @@ class LlamaTrunk(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.n_embd)
         self.layers = nn.ModuleList([LlamaLayer(config) for _ in range(config.n_layer)])
-        self.norm = RMSNorm(config.n_embd, config.rms_norm_eps)
+        self.norm = make_norm(config)
 
     def blocks(self) -> list[LlamaLayer]:
         return [b for b in self.layers if isinstance(b, LlamaLayer)]
@@ -229,7 +257,7 @@ class LlamaTrunk(nn.Module):
 class Llama(CausalLM):
     config: LlamaConfig
     LAYERS = "model.layers"
-    BLOCK_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    BLOCK_LINEARS: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                      "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
     EMBEDDING = "model.embed_tokens"
 
@@ -260,7 +288,8 @@ class Llama(CausalLM):
 
     @property
     def anchor(self) -> torch.Tensor:
-        return self.model.norm.weight
+        weight: torch.Tensor = self.model.norm.weight
+        return weight
 
     def hidden_states(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None,
                       kv_len: int = 0) -> torch.Tensor:
@@ -277,3 +306,10 @@ class Llama(CausalLM):
             x = layer(x, cos, sin, input_pos, kv_len)
         out: torch.Tensor = self.model.norm(x)
         return out
+
+
+class Starcoder2(Llama):
+    """starcoder2: the Llama trunk with LayerNorm and a GELU MLP, so other linear layer names."""
+
+    BLOCK_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                     "mlp.c_fc", "mlp.c_proj")

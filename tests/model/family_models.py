@@ -33,6 +33,10 @@ SPECS: dict[str, tuple[str, dict[str, Any]]] = {
     # StarCoder's layout: one shared key/value head
     "bigcode": ("GPTBigCodeConfig", dict(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=128,
                                          multi_query=True, bos_token_id=0, eos_token_id=0)),
+    # LayerNorm, GELU MLP, biases everywhere, GQA, tied
+    "starcoder2": ("Starcoder2Config", dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                            num_hidden_layers=2, intermediate_size=128, vocab_size=VOCAB,
+                                            max_position_embeddings=128, use_bias=True)),
     # without multi_query: per-head [q k v] layout
     "bigcode_mha": ("GPTBigCodeConfig", dict(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=128,
                                              multi_query=False, bos_token_id=0, eos_token_id=0)),

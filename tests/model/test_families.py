@@ -125,7 +125,7 @@ def test_tied_and_untied_heads(folders: dict[str, tuple[Path, Any]]) -> None:
 
 
 def test_grouped_query_cache_holds_only_the_kv_heads(folders: dict[str, tuple[Path, Any]]) -> None:
-    for name, kv_heads in (("llama", 2), ("qwen2", 2), ("bigcode", 1), ("bigcode_mha", 4)):
+    for name, kv_heads in (("llama", 2), ("qwen2", 2), ("starcoder2", 2), ("bigcode", 1), ("bigcode_mha", 4)):
         model, config = load_pretrained(folders[name][0])
         model.setup_kv_cache(3, 40)
         caches = [attn.kv_cache for attn in model.attention_layers()]
@@ -169,6 +169,15 @@ def test_gpt2_folders_go_through_our_gpt(tmp_path: Path) -> None:
     x = _prompt(12, seed=11)
     ref = hf(x).logits
     torch.testing.assert_close(model(x)[..., :ref.size(-1)], ref, atol=TOL, rtol=0)
+
+
+def test_starcoder2_context_is_capped_at_its_sliding_window(tmp_path: Path) -> None:
+    save_hf("starcoder2", tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    raw["sliding_window"] = 64
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    _, config = load_pretrained(tmp_path)
+    assert config.block_size == 64  # max_position_embeddings is 128; past 64 tokens the window would bite
 
 
 def _one_sentence(exc: pytest.ExceptionInfo[ModelFileError]) -> str:
@@ -228,7 +237,7 @@ def test_damaged_safetensors_is_one_sentence(tmp_path: Path) -> None:
     assert "model.safetensors" in _one_sentence(exc)
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2", "bigcode"])
+@pytest.mark.parametrize("name", ["llama", "qwen2", "starcoder2", "bigcode"])
 @torch.no_grad()
 def test_our_model_file_round_trip(name: str, tmp_path: Path, folders: dict[str, tuple[Path, Any]]) -> None:
     model, config = load_pretrained(folders[name][0])

@@ -21,7 +21,7 @@ from codeassist.model.quantized import (
 from codeassist.quantization.quantize import quantize
 from tests.model.family_models import VOCAB, save_hf
 
-NAMES = ["llama", "qwen2", "bigcode"]
+NAMES = ["llama", "qwen2", "starcoder2", "bigcode"]
 
 
 @pytest.fixture(scope="module")
