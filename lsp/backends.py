@@ -261,6 +261,9 @@ class RemoteBackend:
             self._client = RemoteClient(RemoteSettings(url=c.url, api=c.api, api_key=c.api_key, model=c.model,
                                                        timeout_ms=c.timeout_ms, template=c.template),
                                         self.transport)
+            template = self._client.template
+            log.info("remote backend: %s API at %s, model %s, FIM template %s%s", c.api, c.url, c.model or "-",
+                     template.name if template else "none", " (from the model's name)" if c.template == "auto" else "")
         return self._client
 
     async def complete(self, request: CompletionRequest) -> BackendResult:

@@ -45,3 +45,16 @@ async def test_the_backend_hands_the_template_to_the_client() -> None:
     await backend.aclose()
     assert result.text == "x"
     assert seen[0]["prompt"] == "<fim_prefix>a = <fim_suffix>\n<fim_middle>" and "suffix" not in seen[0]
+
+
+async def test_the_template_auto_picked_is_logged(caplog) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    caplog.set_level(logging.INFO, logger="codeassist.lsp.backends")
+    backend = RemoteBackend(RemoteConfig(url="http://127.0.0.1:9", api="openai", model="deepseek-coder-1.3b"),
+                            transport=httpx.MockTransport(lambda r: httpx.Response(200, json={"choices": [{"text": ""}]})))
+    request = CompletionRequest(Prompt(ids=(1,), forced="", prefix="a", suffix="", fim=False), max_tokens=1)
+    await backend.complete(request)
+    await backend.aclose()
+    assert ("remote backend: openai API at http://127.0.0.1:9, model deepseek-coder-1.3b, FIM template deepseek "
+            "(from the model's name)") in caplog.messages
