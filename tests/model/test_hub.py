@@ -251,3 +251,14 @@ def test_the_engine_loads_an_hf_model_downloaded_from_the_hub(home: Path, online
     ids = engine.tokenizer.encode("def main():\n    return")
     request = GenerationRequest(prompt=ids, stop=StopRules(max_new_tokens=6, stop_on_eos=False))
     assert engine.generate(request).tokens == local.generate(request).tokens
+
+
+def test_without_huggingface_hub_installed_it_says_what_to_install(home: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails as if not installed
+    with pytest.raises(ModelFileError) as err:
+        resolve_model("hf:Qwen/Qwen2.5-Coder-0.5B")
+    assert str(err.value) == ("hf:Qwen/Qwen2.5-Coder-0.5B needs the huggingface_hub package; install it with "
+                              "'pip install huggingface_hub', or pass a local folder with --model")
