@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from codeassist.model.checkpoint import load_model, read_info
+from codeassist.model.checkpoint import ModelFileError, load_model, read_info
 from codeassist.model.config import get_preset
 from codeassist.model.gpt import GPT
 from codeassist.model.quantized import dequantize_model
@@ -54,11 +54,13 @@ def tokens_seen_before(provenance: dict[str, Any]) -> int | None:
 def load_init(spec: str) -> tuple[GPT, dict[str, Any], str]:
     """(float model, its provenance, its path) for --init-from: a path or a model name."""
     path, _ = resolve_model(spec)
-    model, info = load_model(path)
+    loaded, info = load_model(path)
     if info.scheme != "none":
         logging.info("dequantizing %s (%s) to start from its weights", path, info.scheme)
-        model = dequantize_model(model)
-    return model.float().train(), dict(info.provenance), str(path)
+        loaded = dequantize_model(loaded)
+    if not isinstance(loaded, GPT):
+        raise ModelFileError(f"{path} is a {info.family} model; the default model trains from GPT-2-family weights")
+    return loaded.float().train(), dict(info.provenance), str(path)
 
 
 def should_stop(step: int, ckpt_interval: int, step_s: float, deadline: float | None) -> bool:
