@@ -4,6 +4,9 @@
   tokenizer.json and its two config files) that transformers and vLLM load as GPT-2.
 - `gguf`: one file that llama.cpp and Ollama load (model/export_gguf.py).
 
+GPT-2 models (ours, and HF GPT-2 folders) are written here; the Llama family (llama, qwen2, from
+a Hugging Face folder, hf:ORG/NAME or one of our model files) by model/export_llama.py.
+
 Our GPT is HF's GPT-2 with a bigger vocabulary (50,304 rows: space runs, FIM specials, padding), so
 the weights carry over unchanged except HF's Conv1D layout, (in, out), for the four block linears
 (model/hf_gpt2.py does the reverse). The tokenizer is rebuilt for HF `tokenizers` and llama.cpp by
@@ -21,14 +24,20 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from codeassist.model.causal_lm import CausalLM
 from codeassist.model.checkpoint import ModelFileError
 from codeassist.model.config import ModelConfig
 from codeassist.model.gpt import GPT
 from codeassist.model.tokenizer import EOT_ID
+
+if TYPE_CHECKING:
+    from codeassist.model.export_llama import FamilyTokenizer
 
 FORMATS = ("hf", "gguf")
 GGUF_TYPES = ("f32", "f16", "q8_0")
@@ -110,18 +119,56 @@ def _write_json(path: Path, data: object) -> None:
 
 # -- reading the model ------------------------------------------------------------------------------
 
-def load_gpt2_for_export(model: str | os.PathLike[str]) -> GPT:
-    """A float GPT from a name, a model file or a HF GPT-2 folder; quantized files are dequantized."""
+EXPORTABLE = ("gpt2", "llama", "qwen2")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A model to export: a float module of its family, and (Llama family) its own tokenizer."""
+
+    model: CausalLM
+    family: str
+    tokenizer: FamilyTokenizer | None = None
+
+
+def load_source(model: str | os.PathLike[str]) -> Source:
+    """From a name, a model file, a Hugging Face folder or hf:ORG/NAME; quantized files are dequantized."""
     from codeassist.model.checkpoint import load_model
-    from codeassist.model.hf_gpt2 import load_hf_gpt2
+    from codeassist.model.families import family_of, is_hf_folder, load_pretrained
     from codeassist.model.quantized import dequantize_model
     from codeassist.model.store import resolve_model
 
     path, _ = resolve_model(model)
-    if path.is_dir():
-        return load_hf_gpt2(path)
-    gpt, _info = load_model(path)
-    return dequantize_model(gpt).eval()
+    if path.is_dir() and is_hf_folder(path):
+        family = family_of(path)
+        _check_family(family, path)
+        module, _config = load_pretrained(path)
+        meta = _folder_tokenizer_meta(path) if family != "gpt2" else {}
+        folder: Path | None = path
+    else:
+        module, info = load_model(path)
+        family, meta, folder = info.family, info.meta, None
+        _check_family(family, path)
+        module = dequantize_model(module).eval()
+    if family == "gpt2":
+        return Source(module, family)
+    from codeassist.model.export_llama import FamilyTokenizer
+
+    return Source(module, family, FamilyTokenizer.from_metadata(meta, folder))
+
+
+def _check_family(family: str, path: Path) -> None:
+    if family not in EXPORTABLE:
+        raise ExportError(f"{path} is a {family} model; export supports {', '.join(EXPORTABLE)}")
+
+
+def _folder_tokenizer_meta(folder: Path) -> dict[str, str]:
+    from codeassist.model.tokenization import HFTokenizer, TokenizerFileError
+
+    try:
+        return HFTokenizer.from_folder(folder).to_metadata()
+    except TokenizerFileError as exc:
+        raise ExportError(str(exc)) from None
 
 
 # -- the command ------------------------------------------------------------------------------------
@@ -142,16 +189,31 @@ def export_model(model: str | os.PathLike[str], fmt: str, out: str | os.PathLike
         raise ExportError(f"unknown GGUF type {gguf_type!r}; choose one of: {', '.join(GGUF_TYPES)}")
     dest = Path(out).expanduser()
     _check_destination(dest, want_dir=fmt == "hf", force=force)
-    gpt = load_gpt2_for_export(model)
-    if fmt == "hf":
-        with _staged(dest, is_dir=True) as tmp:
-            write_hf_gpt2(gpt, tmp)
-    else:
-        from codeassist.model.export_gguf import write_gguf_gpt2
-
-        with _staged(dest, is_dir=False) as tmp:
-            write_gguf_gpt2(gpt, tmp, gguf_type)
+    source = load_source(model)
+    with _staged(dest, is_dir=fmt == "hf") as tmp:
+        write(source, fmt, tmp, gguf_type)
     return dest
+
+
+def write(source: Source, fmt: str, dest: Path, gguf_type: str = "f32") -> None:
+    """Write `source` in `fmt` to `dest` (an empty folder for hf, a file path for gguf)."""
+    if source.family == "gpt2":
+        assert isinstance(source.model, GPT)
+        if fmt == "hf":
+            write_hf_gpt2(source.model, dest)
+        else:
+            from codeassist.model.export_gguf import write_gguf_gpt2
+
+            write_gguf_gpt2(source.model, dest, gguf_type)
+        return
+    from codeassist.model.export_llama import write_gguf_llama, write_hf_llama
+    from codeassist.model.llama import Llama
+
+    assert isinstance(source.model, Llama) and source.tokenizer is not None
+    if fmt == "hf":
+        write_hf_llama(source.model, dest, source.tokenizer)
+    else:
+        write_gguf_llama(source.model, dest, gguf_type, source.tokenizer)
 
 
 def _check_destination(dest: Path, want_dir: bool, force: bool) -> None:
