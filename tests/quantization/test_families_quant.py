@@ -111,3 +111,43 @@ def test_gptq_refuses_other_families_in_one_sentence(floats: dict[str, CausalLM]
     assert "GPT-2" in str(exc.value) and "\n" not in str(exc.value)
 
 
+
+
+def test_quantize_cli_on_a_hugging_face_folder_carries_its_tokenizer(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from codeassist.cli.main import main
+    from codeassist.model.completion import complete
+    from codeassist.model.engine import Engine
+    from codeassist.model.tokenization import HFTokenizer
+    from tests.model.test_tokenization import build_folder, save_tiny_qwen2
+
+    folder = build_folder(tmp_path / "tiny-qwen", "qwen")
+    tok = HFTokenizer.from_folder(folder)
+    save_tiny_qwen2(folder, vocab=(tok.n_vocab + 63) // 64 * 64, positions=256)
+    out = tmp_path / "qwen-int8.safetensors"
+    assert main(["quantize", str(folder), "--method", "int8", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    info = read_info(out)
+    assert (info.family, info.scheme, info.tokenizer) == ("qwen2", "int8", "hf")
+    loaded = Engine.load(out, device="cpu")
+    assert loaded.tokenizer.to_metadata() == tok.to_metadata()
+    float_model, _ = load_pretrained(folder)
+    built = Engine(quantize(float_model, "int8").build(float_model), torch.device("cpu"), torch.float32,
+                   tokenizer=tok)
+    prefix, suffix = "def main():\n    x = ", "\n    return x\n"
+    assert complete(loaded, prefix, suffix, max_new_tokens=12)[0] == complete(built, prefix, suffix,
+                                                                              max_new_tokens=12)[0]
+
+
+def test_quantize_cli_refuses_gptq_for_other_families_in_one_sentence(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from codeassist.cli.main import main
+    from tests.model.test_tokenization import build_folder
+
+    folder = build_folder(tmp_path / "sc", "starcoder", vocab=290)
+    save_hf("bigcode", folder)
+    out = tmp_path / "x.safetensors"
+    assert main(["quantize", str(folder), "--method", "gptq", "--out", str(out)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "GPT-2" in err and "--method int4" in err
+    assert not out.exists()
