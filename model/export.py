@@ -230,8 +230,13 @@ def _check_destination(dest: Path, want_dir: bool, force: bool) -> None:
 
 @contextlib.contextmanager
 def _staged(dest: Path, is_dir: bool) -> Iterator[Path]:
-    """A temporary sibling of `dest` to write into; renamed onto `dest` only when the body succeeds."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    """A temporary sibling of `dest` to write into; renamed onto `dest` only when the body succeeds.
+    Folders made for it are removed again on failure."""
+    made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create {dest.parent} ({exc.strerror})") from None
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
     else:
@@ -257,4 +262,7 @@ def _staged(dest: Path, is_dir: bool) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        for folder in made:  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise

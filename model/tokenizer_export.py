@@ -31,6 +31,7 @@ from codeassist.model.tokenizer import (
     MAX_SPACE_RUN,
     N_GPT2,
     VOCAB_SIZE,
+    TokenizerError,
     get_encoding,
 )
 
@@ -103,7 +104,11 @@ def tokens() -> list[str]:
 
 def build_hf_tokenizer() -> Any:
     """A `tokenizers.Tokenizer` that gives our ids for every text (special strings become specials)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    try:
+        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    except ImportError:
+        raise TokenizerError("writing tokenizer.json needs the 'tokenizers' package "
+                             "(pip install tokenizers)") from None
 
     vocab = {tok: i for i, tok in enumerate(tokens())}
     bpe = models.BPE(vocab=vocab, merges=list(merges()), fuse_unk=False, byte_fallback=False)

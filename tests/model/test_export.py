@@ -158,8 +158,8 @@ def test_a_failed_export_leaves_nothing_behind(tiny_model_file: Path, tmp_path: 
 
     monkeypatch.setattr(export_gguf, "add_tensor", fail_midway)
     with pytest.raises(OSError, match="disk full"):
-        export_model(tiny_model_file, "gguf", tmp_path / "x.gguf")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.safetensors"]
+        export_model(tiny_model_file, "gguf", tmp_path / "new" / "folders" / "x.gguf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.safetensors"]  # the folders it made too
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
