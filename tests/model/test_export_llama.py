@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import json.decoder
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -200,3 +201,45 @@ def test_a_bigcode_model_is_refused(tmp_path: Path) -> None:
     save_hf("bigcode", folder)
     with pytest.raises(ExportError, match="gpt_bigcode model; export supports gpt2, llama, qwen2"):
         export_model(folder, "hf", tmp_path / "out")
+
+
+def test_an_int8_qwen2_model_file_exports_dequantized(folders: dict[str, tuple[Path, Any]],
+                                                      tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from codeassist.model.checkpoint import load_model
+    from codeassist.model.quantized import dequantize_model, is_quantized
+    from codeassist.quantization.quantize import quantize
+
+    folder, _ = folders["qwen2"]
+    model, _ = load_pretrained(folder)
+    quantize(model, "int8").save(model, tmp_path / "q8.safetensors",
+                                 tokenizer=HFTokenizer.from_folder(folder).to_metadata())
+    int8, info = load_model(tmp_path / "q8.safetensors")
+    assert info.scheme == "int8" and is_quantized(int8)
+    out = export_model(tmp_path / "q8.safetensors", "hf", tmp_path / "out")
+    exported = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = ids_of(folder)
+    with torch.no_grad():
+        want = dequantize_model(int8)(ids)
+        assert torch.allclose(exported(ids).logits, want, atol=1e-4, rtol=0)
+        assert not torch.allclose(want, model(ids), atol=1e-4, rtol=0)  # the int8 weights, not the originals
+
+
+def test_an_hf_spec_exports_from_the_hub_cache_offline(folders: dict[str, tuple[Path, Any]], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from codeassist.model.store import cache_dir
+
+    folder, original = folders["qwen2"]
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache_dir() / "hf" / "models--Tiny--Qwen"  # huggingface_hub's cache layout
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots").mkdir()
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    reader, tensors = gguf_tensors(export_model("hf:Tiny/Qwen", "gguf", tmp_path / "q.gguf", gguf_type="f16"))
+    assert reader.fields["general.architecture"].contents() == "qwen2"
+    w = original.state_dict()["model.layers.0.mlp.up_proj.weight"].numpy()
+    assert tensors["blk.0.ffn_up.weight"].dtype == np.float16
+    np.testing.assert_allclose(tensors["blk.0.ffn_up.weight"], w, atol=1e-3)
