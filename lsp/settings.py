@@ -21,8 +21,8 @@ class RemoteConfig:
     model: str | None = None
     timeout_ms: int = 2000
     fallback_local: bool = False  # answer with the in-process model while the server is unreachable
-    # the FIM template of the openai dialect (and the extra stops of ollama): auto is the family the
-    # model's name says, else none (prompt + OpenAI `suffix` field); see model/fim_templates.py
+    # the FIM template of the openai dialect (and ollama's stops; named, ollama's raw prompt): auto is
+    # the family the model's name says, else none (prompt + OpenAI `suffix` field); model/fim_templates.py
     template: str = "auto"
 
 

@@ -8,7 +8,9 @@ One call, `complete(prefix, suffix, ...)`, spoken in one of four dialects:
   no `suffix` field is sent (vLLM and TGI refuse it); with template "none" the suffix goes in the
   OpenAI `suffix` field, for servers that implement it;
 - "llamacpp": llama.cpp's /infill (the server applies the model's FIM tokens);
-- "ollama": Ollama's /api/generate with `suffix` (Ollama applies the model's own template).
+- "ollama": Ollama's /api/generate with `suffix` (Ollama applies the model's own template). A
+  template named in the setting (not `auto`) is sent raw instead (`raw: true`), for a model whose
+  Modelfile has no FIM template, such as one imported from `codeassist export --format gguf`.
 
 Stops always hold: every stop string is sent, and the answer is also cut at the first one here,
 since a server may ignore some. A server that refuses the list (OpenAI's and TGI's limit is 4;
@@ -152,9 +154,12 @@ class RemoteClient:
             return "/infill", {"input_prefix": prefix, "input_suffix": suffix, "n_predict": max_tokens,
                                "temperature": temperature, "stop": stop, "cache_prompt": True}
         if s.api == "ollama":
+            options = {"num_predict": max_tokens, "temperature": temperature, "stop": stop}
+            if self.template is not None and s.template != "auto":  # the user's template, sent verbatim
+                return "/api/generate", {"model": s.model, "prompt": self.template.build(prefix, suffix),
+                                         "stream": False, "raw": True, "options": options}
             return "/api/generate", {"model": s.model, "prompt": prefix, "suffix": suffix, "stream": False,
-                                     "raw": False, "options": {"num_predict": max_tokens,
-                                                               "temperature": temperature, "stop": stop}}
+                                     "raw": False, "options": options}
         body: dict[str, Any] = {"prompt": prefix, "max_tokens": max_tokens, "temperature": temperature,
                                 "stop": stop or None}
         if self.template is not None:

@@ -205,6 +205,19 @@ async def test_ollama_dialect_speaks_api_generate_with_suffix(fake) -> None:  # 
     assert_headers(seen, "o-3")
 
 
+async def test_ollama_with_a_named_template_sends_it_raw(fake) -> None:  # type: ignore[no-untyped-def]
+    # a model imported from our GGUF export has no FIM template in its Modelfile: ours goes raw
+    server = fake(lambda seen: (200, {"model": "mine", "response": "3.14 * r * r<|endoftext|>x", "done": True}))
+    client = RemoteClient(RemoteSettings(url=server.url, api="ollama", model="mine", template="codeassist"))
+    assert await ask(client) == "3.14 * r * r"
+    (seen,) = server.seen
+    assert seen.path == "/api/generate"
+    assert seen.body == {"model": "mine", "prompt": CARDS["codeassist"].format(prefix=PREFIX, suffix=SUFFIX),
+                         "stream": False, "raw": True,
+                         "options": {"num_predict": 16, "temperature": 0.0, "stop": ["\n", "<|endoftext|>"]}}
+    assert_headers(seen)
+
+
 async def test_ollama_without_a_model_name_is_one_sentence() -> None:
     with pytest.raises(RemoteError, match=r"needs codeassist\.remote\.model") as err:
         RemoteClient(RemoteSettings(url="http://127.0.0.1:11434", api="ollama"))
