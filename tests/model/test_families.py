@@ -115,6 +115,41 @@ def test_prefix_reuse_equals_a_cold_run(name: str, folders: dict[str, tuple[Path
     torch.testing.assert_close(reused, cold, atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["llama", "qwen2", "bigcode"])
+def test_training_loss_equals_transformers_and_backpropagates(name: str,
+                                                              folders: dict[str, tuple[Path, Any]]) -> None:
+    folder, hf = folders[name]
+    model, _ = load_pretrained(folder)
+    model.train()
+    x = _prompt(20, seed=12)
+    with torch.no_grad():
+        ref = hf(x, labels=x).loss  # transformers shifts the labels itself
+    loss = model.loss(x[:, :-1], x[:, 1:])
+    torch.testing.assert_close(loss.detach(), ref, atol=TOL, rtol=0)
+    targets = x[:, 1:].clone()
+    targets[0, :5] = -1  # skipped
+    model.loss(x[:, :-1], targets).backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@torch.no_grad()
+def test_transformers_4_config_layout_loads_the_same(tmp_path: Path,
+                                                     folders: dict[str, tuple[Path, Any]]) -> None:
+    """Released checkpoints (Qwen2.5-Coder, DeepSeek-Coder) write rope_theta and rope_scaling at the top."""
+    src = folders["llama_tied_bias"][0]
+    raw = json.loads((src / "config.json").read_text())
+    rope = raw.pop("rope_parameters")
+    raw.update(rope_theta=rope["rope_theta"], rope_scaling={"type": "linear", "factor": rope["factor"]})
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    (tmp_path / "model.safetensors").write_bytes((src / "model.safetensors").read_bytes())
+    old, old_config = load_pretrained(tmp_path)
+    new, new_config = load_pretrained(src)
+    assert old_config == new_config and old_config.rope_linear_factor == 4.0
+    x = _prompt(30, seed=13)
+    torch.testing.assert_close(old(x), new(x), atol=0, rtol=0)
+
+
 def test_tied_and_untied_heads(folders: dict[str, tuple[Path, Any]]) -> None:
     tied, _ = load_pretrained(folders["qwen2"][0])
     untied, _ = load_pretrained(folders["llama"][0])
