@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 typecheck: $(STAMP)
-	MYPYPATH=. $(VENV)/bin/mypy $(foreach p,$(PACKAGES),-p codeassist.$(p))
+	$(VENV)/bin/mypy $(foreach p,$(PACKAGES),-p codeassist.$(p))
 
 # Debian's Neovim 0.7 for the LSP client tests (the >= 0.11 one comes from the test extra's wheel),
 # and curl for the team server's curl example. Installs only what is missing; where apt-get is

@@ -36,9 +36,10 @@ import torch
 from codeassist.model.checkpoint import save_tensors_atomic
 from codeassist.model.config import ModelConfig
 from codeassist.model.gpt import GPT
+from codeassist.training import fsdp
 from codeassist.training.ddp import DistEnv, all_reduce_sum
 from codeassist.training.lora import save_merged
-from codeassist.training.state import TrainState, load_train_state, save_train_state
+from codeassist.training.state import TrainState, load_train_state, save_train_state, write_train_state
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,8 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
           out_dir: Path, device: torch.device, resume: bool = False,
           provenance: dict[str, Any] | None = None, on_progress: ProgressFn | None = None,
           data_id: str = "", dist: DistEnv | None = None, keep_checkpoints: int = 1,
-          replay_data: np.ndarray | None = None, check_data: np.ndarray | None = None) -> TrainState:
+          replay_data: np.ndarray | None = None, check_data: np.ndarray | None = None,
+          parallel: str = "ddp") -> TrainState:
     """Train `model` in place; writes out_dir/state.safetensors (resume) and out_dir/model.safetensors.
 
     Under torchrun (`dist` with several ranks) each optimizer step's `cfg.grad_accum` micro-batches
@@ -189,6 +191,8 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
     `data_id` is stored in the checkpoint; a resume against other data is refused. The last
     `keep_checkpoints` training checkpoints are kept in out_dir/checkpoints as well.
     `replay_data` and `check_data`: the replay shard and the early stop's check split (see above).
+    `parallel`: with several ranks, "ddp" (a whole copy per process) or "fsdp" (weights, gradients
+    and optimizer state sharded: training/fsdp.py); the checkpoints are the same files either way.
     """
     if cfg.replay_ratio > 0 and replay_data is None:
         raise ValueError("a replay ratio needs replay data")
@@ -202,17 +206,25 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
     out_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main:
         remove_partial_saves(out_dir)
+    if parallel not in fsdp.PARALLEL_CHOICES:
+        raise ValueError(f"unknown parallel mode {parallel!r}; use {' or '.join(fsdp.PARALLEL_CHOICES)}")
+    sharded = dist.is_distributed and parallel == "fsdp"
+    if sharded and cfg.early_stop_patience > 0:
+        raise ValueError("early stopping is not available with --parallel fsdp yet")
     model.to(device).train()
+    if sharded:
+        fsdp.shard(model, device)
     opt = make_optimizer(model, cfg)
     state = TrainState(max_iters=cfg.max_iters, data_id=data_id)
     state_path = out_dir / "state.safetensors"
     if resume and state_path.exists():
-        state = load_train_state(state_path, model, opt, cfg, model.config, data_id=data_id)
+        state = load_train_state(state_path, model, opt, cfg, model.config, data_id=data_id,
+                                 loader=fsdp.state_loader(model, opt) if sharded else None)
         log.info("resumed at step %d", state.step)
         if not cfg.time_budget_s and not state.stopped_early:
             state.max_iters = cfg.max_iters  # a resume may extend or shorten the run
     module: torch.nn.Module = model
-    if dist.is_distributed:
+    if dist.is_distributed and not sharded:
         from torch.nn.parallel import DistributedDataParallel
 
         module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -235,7 +247,11 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
             if model.config.dropout > 0:
                 torch.manual_seed(dropout_seed(cfg.seed, it, g))
             sync = micro == local_accum - 1 or not dist.is_distributed
-            ctx = contextlib.nullcontext() if sync else module.no_sync()  # type: ignore[operator]
+            if sharded:
+                fsdp.set_grad_sync(model, sync)
+                ctx: Any = contextlib.nullcontext()
+            else:
+                ctx = contextlib.nullcontext() if sync else module.no_sync()  # type: ignore[operator]
             with ctx:
                 with _autocast(device, cfg.autocast_bf16):
                     raw = _micro_loss(module, x.to(device), y.to(device))
@@ -269,15 +285,26 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
         if check_now and _check(model, check_data, cfg, device, state, dist, out_dir) and not last:
             state.max_iters = state.step  # stopped early (_check said so; the last step checks too)
             last = True
+        val_now = val_data is not None and (state.step % cfg.eval_interval == 0 or last)
+        save_now = state.step % cfg.ckpt_interval == 0 or last
+        if sharded:  # a sharded model's forward and gathering are collective: every rank takes part
+            val_loss = evaluate(model, val_data, cfg, device) if val_now and val_data is not None else None
+            whole = fsdp.gather_for_save(model, opt) if save_now else None
         if not dist.is_main:
             continue
-        if val_data is not None and (state.step % cfg.eval_interval == 0 or last):
-            state.val_losses.append((state.step, evaluate(model, val_data, cfg, device)))
+        if val_now and val_data is not None:
+            state.val_losses.append((state.step, val_loss if sharded and val_loss is not None
+                                     else evaluate(model, val_data, cfg, device)))
         if on_progress is not None:
             on_progress({"step": state.step, "max_iters": state.max_iters, "loss": loss_sum, "lr": lr,
                          "tok_s": tokens_per_step / dt, "elapsed_s": state.elapsed_s,
                          "val_loss": state.val_losses[-1][1] if state.val_losses else None})
-        if state.step % cfg.ckpt_interval == 0 or last:
+        if save_now and sharded and whole is not None:
+            write_train_state(state_path, model, whole[0], whole[1], state, cfg)
+            keep_last_checkpoints(state_path, state.step, keep_checkpoints)
+            save_merged(model, out_dir / "model.safetensors", provenance=_provenance(state, provenance),
+                        state=whole[0])
+        elif save_now:
             save_train_state(state_path, model, opt, state, cfg)
             keep_last_checkpoints(state_path, state.step, keep_checkpoints)
             if last and cfg.early_stop_patience > 0:

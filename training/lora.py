@@ -128,16 +128,19 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
-def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict the merged model would have, without changing `model` (for saving mid-run)."""
-    state = dict(model.state_dict())
+def merged_state_dict(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The state dict the merged model would have, without changing `model` (for saving mid-run).
+
+    `state`: the model's whole state when its own tensors are shards (FSDP gathers it)."""
+    state = dict(model.state_dict() if state is None else state)
     for name, layer in lora_layers(model):
-        for key in (f"{name}.lora_a", f"{name}.lora_b", f"{name}.base.weight", f"{name}.base.bias"):
-            state.pop(key, None)
+        a, b = state.pop(f"{name}.lora_a"), state.pop(f"{name}.lora_b")
+        weight = state.pop(f"{name}.base.weight")
+        bias = state.pop(f"{name}.base.bias", None)
         with torch.no_grad():
-            state[f"{name}.weight"] = (layer.base.weight + layer.delta().to(layer.base.weight.dtype)).detach()
-            if layer.base.bias is not None:
-                state[f"{name}.bias"] = layer.base.bias.detach()
+            state[f"{name}.weight"] = (weight + ((b @ a) * layer.scale).to(weight.dtype)).detach()
+        if bias is not None:
+            state[f"{name}.bias"] = bias.detach()
     return state
 
 
@@ -164,16 +167,18 @@ def wants_lora(model: nn.Module, method: str = "auto") -> bool:
 
 
 def save_merged(model: nn.Module, path: str | os.PathLike[str], provenance: dict[str, Any] | None = None,
-                tokenizer: dict[str, str] | None = None) -> None:
-    """Write the model file of `model` with its adapters folded in (a plain save without adapters)."""
+                tokenizer: dict[str, str] | None = None, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the model file of `model` with its adapters folded in (a plain save without adapters).
+
+    `state`: the whole state when the model's own tensors are shards (FSDP)."""
     from codeassist.model.causal_lm import CausalLM
     from codeassist.model.checkpoint import model_metadata, save_model, save_tensors_atomic
 
     assert isinstance(model, CausalLM)
-    if not has_lora(model):
+    if not has_lora(model) and state is None:
         save_model(model, path, provenance=provenance, tokenizer=tokenizer)
         return
-    state = merged_state_dict(model)
+    state = merged_state_dict(model, state)
     if model.tied_embeddings:
         state.pop("lm_head.weight", None)
     save_tensors_atomic(path, state, model_metadata(model.config, provenance, tokenizer=tokenizer))

@@ -9,6 +9,7 @@ history, and the train and model configs a resume must match.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,13 +52,20 @@ _RESUMABLE_CHANGES = {"max_iters", "time_budget_s", "eval_interval", "eval_batch
 
 def save_train_state(path: Path, model: CausalLM, opt: torch.optim.Optimizer, state: TrainState,
                      cfg: TrainConfig) -> None:
+    params = [p for g in opt.param_groups for p in g["params"]]
+    write_train_state(path, model, dict(model.state_dict()), [opt.state.get(p, {}) for p in params], state, cfg)
+
+
+def write_train_state(path: Path, model: CausalLM, model_state: dict[str, torch.Tensor],
+                      opt_states: list[dict[str, Any]], state: TrainState, cfg: TrainConfig) -> None:
+    """The checkpoint file from whole tensors: `opt_states[i]` is the AdamW state of the optimizer's
+    i-th parameter. FSDP passes the states it gathered; the file is the same as one process's."""
     tensors: dict[str, torch.Tensor] = {}
-    for k, v in model.state_dict().items():
+    for k, v in model_state.items():
         if not (model.tied_embeddings and k == "lm_head.weight"):
             tensors[f"model.{k}"] = v
-    params = [p for g in opt.param_groups for p in g["params"]]
-    for i, p in enumerate(params):
-        for name, value in opt.state.get(p, {}).items():
+    for i, entry in enumerate(opt_states):
+        for name, value in entry.items():
             t = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"opt.{i}.{name}"] = t
     tensors["rng.torch"] = torch.get_rng_state()
@@ -71,8 +79,13 @@ def save_train_state(path: Path, model: CausalLM, opt: torch.optim.Optimizer, st
     save_tensors_atomic(path, tensors, meta)
 
 
+# loads whole tensors into a model and optimizer that are not plain (FSDP): (model state, AdamW
+# state by the optimizer's parameter index)
+StateLoader = Callable[[dict[str, torch.Tensor], dict[int, dict[str, torch.Tensor]]], None]
+
+
 def load_train_state(path: Path, model: CausalLM, opt: torch.optim.Optimizer, cfg: TrainConfig,
-                     config: FamilyConfig, data_id: str = "") -> TrainState:
+                     config: FamilyConfig, data_id: str = "", loader: StateLoader | None = None) -> TrainState:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -101,15 +114,18 @@ def load_train_state(path: Path, model: CausalLM, opt: torch.optim.Optimizer, cf
     sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     if model.tied_embeddings:
         sd["lm_head.weight"] = sd[f"{model.EMBEDDING}.weight"]
-    model.load_state_dict(sd, strict=True)
-    params = [p for g in opt.param_groups for p in g["params"]]
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("opt."):
             _, idx, name = key.split(".", 2)
             opt_state.setdefault(int(idx), {})[name] = value
-    for i, p in enumerate(params):
-        if i in opt_state:
-            opt.state[p] = {n: v.to(p.device) if n != "step" else v for n, v in opt_state[i].items()}
+    if loader is not None:
+        loader(sd, opt_state)
+    else:
+        model.load_state_dict(sd, strict=True)
+        params = [p for g in opt.param_groups for p in g["params"]]
+        for i, p in enumerate(params):
+            if i in opt_state:
+                opt.state[p] = {n: v.to(p.device) if n != "step" else v for n, v in opt_state[i].items()}
     torch.set_rng_state(tensors["rng.torch"])
     return state
