@@ -74,3 +74,18 @@ def test_names_and_unknown_names() -> None:
     # every family's stops include the markers that begin another FIM prompt or an end token
     for t in TEMPLATES.values():
         assert t.stops and all(s for s in t.stops)
+
+
+@pytest.mark.parametrize(("prefix", "suffix"), [(PREFIX, SUFFIX), ("  café 🐍 = ", "\tx\n    \n\n\n")])
+def test_our_template_sent_raw_is_what_our_model_sees_in_process(prefix: str, suffix: str) -> None:
+    """Our model exported for vLLM (`codeassist export --format hf`) and asked with remote.template
+    codeassist: the raw text, tokenized by the exported tokenizer.json as vLLM does, is the very id
+    sequence the engine builds in-process (before healing). (Not for text that spells a marker,
+    such as a literal "<|endoftext|>": a server parses it as the token, our engine as text.)"""
+    from codeassist.model.completion import build_prompt
+    from codeassist.model.tokenization import codeassist_tokenizer
+    from codeassist.model.tokenizer_export import build_hf_tokenizer
+
+    raw = TEMPLATES["codeassist"].build(prefix, suffix)
+    ours = build_prompt(prefix, suffix, 4096, heal=False, tokenizer=codeassist_tokenizer())
+    assert build_hf_tokenizer().encode(raw, add_special_tokens=False).ids == list(ours.ids)
