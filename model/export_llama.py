@@ -202,7 +202,8 @@ def gguf_vocab(tok: FamilyTokenizer, vocab_size: int) -> GGUFVocab:
     model = spec.get("model") or {}
     if model.get("type") != "BPE" or not _has_byte_level(spec):
         raise TokenizerExportError("GGUF export needs a byte-level BPE tokenizer.json (as Qwen2.5-Coder's); "
-                                   "this one is not, so export it with --format hf")
+                                   "export with --format hf and convert that folder with llama.cpp's "
+                                   "convert_hf_to_gguf.py")
     pre = pre_tokenizer_name(spec)
     tokens: dict[int, str] = {int(i): str(t) for t, i in (model.get("vocab") or {}).items()}
     types = dict.fromkeys(tokens, int(gguf.TokenType.NORMAL))
@@ -239,8 +240,8 @@ def pre_tokenizer_name(spec: dict[str, Any]) -> str:
     if len(regexes) == 1 and regexes[0] in PRE_TOKENIZERS:
         return PRE_TOKENIZERS[regexes[0]]
     raise TokenizerExportError("the tokenizer's pre-tokenizer is not one llama.cpp knows by name "
-                               f"({', '.join(sorted({*PRE_TOKENIZERS.values(), 'gpt-2'}))}); "
-                               "export it with --format hf")
+                               f"({', '.join(sorted({*PRE_TOKENIZERS.values(), 'gpt-2'}))}); export "
+                               "with --format hf and convert that folder with llama.cpp's convert_hf_to_gguf.py")
 
 
 def add_family_vocab(writer: gguf.GGUFWriter, tok: FamilyTokenizer, vocab: GGUFVocab) -> None:
