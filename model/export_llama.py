@@ -72,7 +72,13 @@ class FamilyTokenizer:
         """From HFTokenizer.to_metadata() (a model file's metadata, or a folder read by from_folder)."""
         if "tokenizer_json" not in meta:
             raise TokenizerExportError("the model carries no tokenizer.json to export")
-        extra = json.loads(meta.get("tokenizer_meta") or "{}")
+        try:
+            extra = json.loads(meta.get("tokenizer_meta") or "{}")
+            json.loads(meta["tokenizer_json"])
+        except ValueError:
+            raise TokenizerExportError("the model's tokenizer metadata is damaged (not JSON)") from None
+        if not isinstance(extra, dict):
+            raise TokenizerExportError("the model's tokenizer metadata is damaged (not an object)")
         bos = extra.get("bos_token_id")
         return cls(meta["tokenizer_json"], bos if isinstance(bos, int) else None,
                    bool(extra.get("add_bos_token")), tuple(int(i) for i in extra.get("eos_token_ids") or ()),

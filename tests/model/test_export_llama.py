@@ -243,3 +243,13 @@ def test_an_hf_spec_exports_from_the_hub_cache_offline(folders: dict[str, tuple[
     w = original.state_dict()["model.layers.0.mlp.up_proj.weight"].numpy()
     assert tensors["blk.0.ffn_up.weight"].dtype == np.float16
     np.testing.assert_allclose(tensors["blk.0.ffn_up.weight"], w, atol=1e-3)
+
+
+def test_damaged_tokenizer_metadata_is_one_sentence(folders: dict[str, tuple[Path, Any]], tmp_path: Path) -> None:
+    folder, _ = folders["qwen2"]
+    model, _ = load_pretrained(folder)
+    save_model(model, tmp_path / "q.safetensors",
+               tokenizer={"tokenizer": "hf", "tokenizer_json": "{not json", "tokenizer_meta": "{}"})
+    with pytest.raises(TokenizerExportError, match="tokenizer metadata is damaged") as exc:
+        export_model(tmp_path / "q.safetensors", "hf", tmp_path / "out")
+    assert "\n" not in str(exc.value) and not (tmp_path / "out").exists()
