@@ -49,7 +49,13 @@ def _share(text: str) -> float:
 
 
 def _fim_rate(text: str) -> float:
-    value = 1.0 if text.strip() in ("1", "1.0") else _share(text)
+    """A number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1")
     return value
 
 

@@ -60,7 +60,8 @@ def test_train_with_every_lever_reports_what_the_user_gets(tmp_path: Path, tiny_
 @pytest.mark.parametrize("flag, value, message", [
     ("--replay", "1", "--replay: 1 must be at least 0 and below 1"),
     ("--dropout", "-0.1", "--dropout: -0.1 must be at least 0 and below 1"),
-    ("--fim-rate", "1.5", "--fim-rate: 1.5 must be at least 0 and below 1"),
+    ("--fim-rate", "1.5", "--fim-rate: 1.5 must be between 0 and 1"),
+    ("--fim-rate", "half", "--fim-rate: 'half' is not a number"),
     ("--early-stop", "0", "--early-stop: 0 must be positive"),
 ])
 def test_bad_lever_values_are_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str,
