@@ -173,3 +173,17 @@ def test_wrong_options_are_one_sentence(tiny_model_file: Path, tmp_path: Path, k
         export_model(tiny_model_file, out=tmp_path / "o", **kwargs)  # type: ignore[arg-type]
     assert "\n" not in str(exc.value)
     assert not (tmp_path / "o").exists()
+
+
+def test_gguf_computes_our_logits_in_llama_cpps_gpt2_graph(tiny_model: GPT, tiny_model_file: Path,
+                                                           tmp_path: Path) -> None:
+    from tests.model.gguf_reference import forward
+
+    ids = ours.encode(SAMPLE)
+    with torch.no_grad():
+        want = tiny_model(torch.tensor([ids]))[0].numpy()
+    f32 = forward(export_model(tiny_model_file, "gguf", tmp_path / "f32.gguf"), ids)
+    np.testing.assert_allclose(f32, want, atol=1e-4, rtol=0)
+    q8 = forward(export_model(tiny_model_file, "gguf", tmp_path / "q8.gguf", gguf_type="q8_0"), ids)
+    assert np.abs(q8 - want).max() < 0.05  # 8-bit blocks: close, not equal
+    assert (q8.argmax(-1) == want.argmax(-1)).mean() > 0.9

@@ -253,3 +253,18 @@ def test_damaged_tokenizer_metadata_is_one_sentence(folders: dict[str, tuple[Pat
     with pytest.raises(TokenizerExportError, match="tokenizer metadata is damaged") as exc:
         export_model(tmp_path / "q.safetensors", "hf", tmp_path / "out")
     assert "\n" not in str(exc.value) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["qwen2", "llama"])
+def test_gguf_computes_transformers_logits_in_llama_cpps_graph(folders: dict[str, tuple[Path, Any]],
+                                                                tmp_path: Path, name: str) -> None:
+    # llama.cpp's rope for arch llama rotates adjacent pairs, for qwen2 halves: only the right
+    # permutation of q and k gives the original logits
+    from tests.model.gguf_reference import forward
+
+    folder, original = folders[name]
+    ids = ids_of(folder)
+    with torch.no_grad():
+        want = original(ids).logits[0].numpy()
+    got = forward(export_model(folder, "gguf", tmp_path / "m.gguf"), ids[0].tolist())
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
