@@ -1,9 +1,9 @@
 """The model families by name: each one's config class and module class.
 
-A family's name is Hugging Face's `model_type` ("gpt2", "llama", "qwen2", "gpt_bigcode"); it
-is what a model file's `family` metadata holds (absent means "gpt2", the files written before
-there were families). Model files, Hugging Face folders and quantization all look families up
-here, so adding one is one line.
+A family's name is Hugging Face's `model_type` ("gpt2", "llama", "qwen2", "starcoder2",
+"gpt_bigcode"); it is what a model file's `family` metadata holds (absent means "gpt2", the
+files written before there were families). Model files, Hugging Face folders and quantization
+all look families up here, so adding one is one line.
 """
 
 from __future__ import annotations

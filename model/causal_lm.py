@@ -3,8 +3,8 @@
 The engine, speculation and the team server's batcher drive a model only through `CausalLM`:
 `setup_kv_cache` / `drop_kv_cache` / `kv_batch_size`, `hidden_states`, `forward`,
 `last_token_logits`, `loss`, `lm_head`, `config` and `transformer.blocks()` (each block's
-`attn.kv_cache`, which the batcher swaps for views of its rows). A family (GPT-2, Llama/Qwen2,
-GPTBigCode) writes its trunk (`hidden_states`) and calls `attend` in each layer; the rest lives
+`attn.kv_cache`, which the batcher swaps for views of its rows). A family (GPT-2, Llama/Qwen2/
+StarCoder2, GPTBigCode) writes its trunk (`hidden_states`) and calls `attend` in each layer; the rest lives
 here once.
 
 input_pos is (B, T), the absolute position of each token (or (1, T) when every row writes the
