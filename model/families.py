@@ -87,6 +87,8 @@ def read_hf_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             shards = sorted({str(v) for v in weight_map.values()})
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
             raise ModelFileError(f"{index} is damaged (no readable weight_map)") from None
+        if any(Path(s).name != s for s in shards):
+            raise ModelFileError(f"{index} lists a shard outside its folder")
         files = [folder / s for s in shards]
         for f in files:
             if not f.is_file():

@@ -181,6 +181,26 @@ def test_sharded_folder_loads_the_same(tmp_path: Path, folders: dict[str, tuple[
     torch.testing.assert_close(sharded(x), single(x), atol=0, rtol=0)
 
 
+def test_sharded_index_problems_are_one_sentence(tmp_path: Path) -> None:
+    build_hf("qwen2").save_pretrained(tmp_path, max_shard_size="40KB")
+    index = tmp_path / "model.safetensors.index.json"
+    raw = json.loads(index.read_text())
+    first = sorted(set(raw["weight_map"].values()))[0]
+    (tmp_path / first).unlink()
+    with pytest.raises(ModelFileError) as exc:
+        load_pretrained(tmp_path)
+    assert first in _one_sentence(exc)
+    raw["weight_map"] = {k: "../elsewhere.safetensors" for k in raw["weight_map"]}
+    index.write_text(json.dumps(raw))
+    with pytest.raises(ModelFileError) as exc:
+        load_pretrained(tmp_path)
+    assert "outside its folder" in _one_sentence(exc)
+    index.write_text("{not json")
+    with pytest.raises(ModelFileError) as exc:
+        load_pretrained(tmp_path)
+    assert "damaged" in _one_sentence(exc)
+
+
 def test_family_comes_from_config_json_not_the_name(tmp_path: Path) -> None:
     folder = tmp_path / "starcoder-not-really"
     save_hf("qwen2", folder)
