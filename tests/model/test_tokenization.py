@@ -475,3 +475,24 @@ def test_a_folder_without_tokenizer_json_is_one_sentence(tmp_path: Path) -> None
     with pytest.raises(ModelFileError, match="no tokenizer") as info:
         Engine.load(str(tmp_path), device="cpu")
     assert "\n" not in str(info.value)
+
+
+def test_workspace_index_rebuilds_in_the_models_tokenizer(toks: dict[str, HFTokenizer], tmp_path: Path) -> None:
+    from codeassist.lsp.workspace import WorkspaceIndex
+
+    tk = toks["starcoder"]
+    (tmp_path / "lib.py").write_text("def load(path):\n    return decoder.raw_decode(path, idx=0)\n")
+    docs: dict[str, tuple[str, int, str]] = {}
+    index = WorkspaceIndex(lambda: docs)
+    index.start([tmp_path])
+    assert index.wait(60) and index.tokenizer is codeassist_tokenizer()
+    ours_tokens = index.stats().tokens
+    index.set_tokenizer(tk)
+    assert index.tokenizer is tk and index.wait(60)
+    assert index.stats().tokens == len(tk.encode((tmp_path / "lib.py").read_text())) != ours_tokens
+    typed = "x = decoder.raw_"
+    uri = "file:///scratch/a.py"
+    docs[uri] = ("/scratch/a.py", 1, typed)
+    ids = tk.encode(typed)
+    found = index.candidates(uri, len(typed), ids[:-1], tk.decode(ids[-1:]), typed=ids)
+    assert found and found[0].text == tk.decode(ids[-1:]) + "decode(path, idx=0)"
