@@ -19,6 +19,10 @@ SPECS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("LlamaConfig", dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
                                   num_hidden_layers=2, intermediate_size=128, vocab_size=VOCAB,
                                   max_position_embeddings=128, tie_word_embeddings=False)),
+    # head_dim given apart from hidden_size / heads (4 x 32 = 128 wide attention in a 64-wide model)
+    "llama_head_dim": ("LlamaConfig", dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=1,
+                                           head_dim=32, num_hidden_layers=2, intermediate_size=128,
+                                           vocab_size=VOCAB, max_position_embeddings=128)),
     # tied head, biases on all four projections and the MLP, linear RoPE scaling (DeepSeek-Coder's)
     "llama_tied_bias": ("LlamaConfig", dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=4,
                                             num_hidden_layers=2, intermediate_size=96, vocab_size=VOCAB,

@@ -76,6 +76,24 @@ def test_quantized_family_model_survives_save_and_load(name: str, method: str, t
     torch.testing.assert_close(loaded(x), built(x), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("head", ["none", "int4"])
+@torch.no_grad()
+def test_untied_head_schemes_survive_save_and_load(head: str, tmp_path: Path, floats: dict[str, CausalLM]) -> None:
+    model = floats["llama"]  # untied
+    q = quantize(model, "int8", group_size=32, head=head)
+    path = tmp_path / "m.safetensors"
+    q.save(model, path)
+    loaded, info = load_model(path)
+    assert info.quantization["head"] == head
+    embedding = loaded.get_submodule(loaded.EMBEDDING)
+    if head == "none":
+        assert type(loaded.lm_head) is torch.nn.Linear and type(embedding) is torch.nn.Embedding
+        assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+    else:
+        assert type(loaded.lm_head) is Int4Linear
+    assert _greedy(loaded, PROMPT, 12) == _greedy(q.build(model), PROMPT, 12)
+
+
 @pytest.mark.parametrize("name", NAMES)
 @torch.no_grad()
 def test_int8_logits_are_close_to_float(name: str, floats: dict[str, CausalLM]) -> None:
