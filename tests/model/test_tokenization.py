@@ -496,3 +496,37 @@ def test_workspace_index_rebuilds_in_the_models_tokenizer(toks: dict[str, HFToke
     ids = tk.encode(typed)
     found = index.candidates(uri, len(typed), ids[:-1], tk.decode(ids[-1:]), typed=ids)
     assert found and found[0].text == tk.decode(ids[-1:]) + "decode(path, idx=0)"
+
+
+def test_language_server_pipeline_with_a_local_hf_model(folders: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from codeassist.lsp.backends import LocalBackend
+    from codeassist.lsp.context import build_context
+    from codeassist.lsp.pipeline import Pipeline
+    from codeassist.lsp.prompt import build_prompt as lsp_prompt
+    from codeassist.lsp.settings import Settings
+
+    folder = tmp_path / "tiny-qwen"
+    shutil.copytree(folders["qwen"], folder)
+    # 50,400 rows: the backend's warm-up still speaks our ids (lsp/backends.py), which must fit
+    save_tiny_qwen2(folder, 50_400, positions=2048)
+    backend = LocalBackend(str(folder), "cpu", threads=1)
+    backend.start()
+    assert backend.wait_ready(120), backend.status().reason
+    pipe = Pipeline(backend, Settings(cache=False, time_budget_ms=30000, max_tokens=8))
+    tk = pipe.tokenizer
+    assert isinstance(tk, HFTokenizer) and tk.template is TEMPLATES["qwen"]
+    doc = "import json\n\ndef load(s):\n    return json.lo\n\nload('1')\n"
+    ctx = build_context("file:///a.py", "python", doc, doc.index("json.lo") + 7)
+
+    async def run() -> Any:
+        try:
+            return await pipe.complete(ctx, invoked=True)
+        finally:
+            await backend.aclose()
+
+    got = asyncio.run(run())
+    assert got.reason is None or "dropped" in got.reason or "nothing" in got.reason, got.reason
+    want = lsp_prompt(ctx, min(Settings().max_prompt_tokens, 2048 - 8), tokenizer=tk)
+    assert got.prompt_tokens == len(want.ids) and want.ids[0] == tk.special_id("<|fim_prefix|>")
