@@ -15,8 +15,8 @@ import gguf
 import numpy as np
 
 
-def read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    reader = gguf.GGUFReader(str(path))
+def read(source: Path | gguf.GGUFReader) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    reader = source if isinstance(source, gguf.GGUFReader) else gguf.GGUFReader(str(source))
     keys = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.")}
     tensors = {}
     for t in reader.tensors:
@@ -67,9 +67,9 @@ def _rope(x: np.ndarray, base: float, scale: float, neox: bool) -> np.ndarray:
     return out
 
 
-def forward(path: Path, ids: list[int]) -> np.ndarray:
-    """Logits (T, vocab) of the GGUF model at `path` for the token ids."""
-    keys, w = read(path)
+def forward(source: Path | gguf.GGUFReader, ids: list[int]) -> np.ndarray:
+    """Logits (T, vocab) of the GGUF model (a file or its reader) for the token ids."""
+    keys, w = read(source)
     arch = str(keys["general.architecture"])
     if arch == "gpt2":
         return _forward_gpt2(keys, w, ids)

@@ -21,6 +21,19 @@ from codeassist.model.gpt import GPT
 SAMPLE = "import os\n\ndef main(argv):\n        return  os.path.join(argv[0], '日本')  # done\n"
 
 
+@pytest.fixture(scope="module")
+def tiny_ggufs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, gguf.GGUFReader]:
+    """The tiny model (conftest's make_tiny) exported once per GGUF type, read back once: reading
+    50k tokens and merges is most of a GGUF test's time."""
+    from tests.conftest import make_tiny
+
+    folder = tmp_path_factory.mktemp("gguf")
+    save_model(make_tiny(), folder / "tiny.safetensors")
+    return {t: gguf.GGUFReader(str(export_model(folder / "tiny.safetensors", "gguf", folder / f"{t}.gguf",
+                                                 gguf_type=t)))
+            for t in ("f32", "f16", "q8_0")}
+
+
 def sample_ids() -> torch.Tensor:
     return torch.tensor([ours.encode(SAMPLE)])
 
@@ -70,10 +83,9 @@ def test_a_model_without_biases_exports_with_zero_biases(tmp_path: Path) -> None
         assert torch.allclose(hf(sample_ids()).logits, model(sample_ids()), atol=1e-4, rtol=0)
 
 
-def test_gguf_reads_back_with_our_tensors_and_vocabulary(tiny_model: GPT, tiny_model_file: Path,
-                                                         tmp_path: Path) -> None:
-    out = export_model(tiny_model_file, "gguf", tmp_path / "tiny.gguf")
-    reader = gguf.GGUFReader(str(out))
+def test_gguf_reads_back_with_our_tensors_and_vocabulary(tiny_model: GPT,
+                                                         tiny_ggufs: dict[str, gguf.GGUFReader]) -> None:
+    reader = tiny_ggufs["f32"]
     c = tiny_model.config
     assert field(reader, "general.architecture") == "gpt2"
     assert field(reader, "general.file_type") == gguf.LlamaFileType.ALL_F32
@@ -119,11 +131,13 @@ def test_gguf_reads_back_with_our_tensors_and_vocabulary(tiny_model: GPT, tiny_m
 
 @pytest.mark.parametrize(("gguf_type", "qtype", "atol"), [
     ("f16", gguf.GGMLQuantizationType.F16, 1e-3), ("q8_0", gguf.GGMLQuantizationType.Q8_0, 2e-3)])
-def test_gguf_f16_and_q8_0_keep_norms_in_f32(tiny_model: GPT, tiny_model_file: Path, tmp_path: Path,
+def test_gguf_f16_and_q8_0_keep_norms_in_f32(tiny_model: GPT, tiny_ggufs: dict[str, gguf.GGUFReader],
                                             gguf_type: str, qtype: gguf.GGMLQuantizationType,
                                             atol: float) -> None:
-    out = export_model(tiny_model_file, "gguf", tmp_path / "t.gguf", gguf_type=gguf_type)
-    tensors = {t.name: t for t in gguf.GGUFReader(str(out)).tensors}
+    reader = tiny_ggufs[gguf_type]
+    assert reader.fields["general.file_type"].contents() == int(
+        gguf.LlamaFileType.MOSTLY_F16 if gguf_type == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
+    tensors = {t.name: t for t in reader.tensors}
     assert tensors["blk.0.attn_qkv.weight"].tensor_type == qtype
     assert tensors["token_embd.weight"].tensor_type == qtype
     for f32 in ("blk.0.attn_norm.weight", "blk.0.attn_qkv.bias", "position_embd.weight"):
@@ -175,15 +189,14 @@ def test_wrong_options_are_one_sentence(tiny_model_file: Path, tmp_path: Path, k
     assert not (tmp_path / "o").exists()
 
 
-def test_gguf_computes_our_logits_in_llama_cpps_gpt2_graph(tiny_model: GPT, tiny_model_file: Path,
-                                                           tmp_path: Path) -> None:
+def test_gguf_computes_our_logits_in_llama_cpps_gpt2_graph(tiny_model: GPT,
+                                                           tiny_ggufs: dict[str, gguf.GGUFReader]) -> None:
     from tests.model.gguf_reference import forward
 
     ids = ours.encode(SAMPLE)
     with torch.no_grad():
         want = tiny_model(torch.tensor([ids]))[0].numpy()
-    f32 = forward(export_model(tiny_model_file, "gguf", tmp_path / "f32.gguf"), ids)
-    np.testing.assert_allclose(f32, want, atol=1e-4, rtol=0)
-    q8 = forward(export_model(tiny_model_file, "gguf", tmp_path / "q8.gguf", gguf_type="q8_0"), ids)
+    np.testing.assert_allclose(forward(tiny_ggufs["f32"], ids), want, atol=1e-4, rtol=0)
+    q8 = forward(tiny_ggufs["q8_0"], ids)
     assert np.abs(q8 - want).max() < 0.05  # 8-bit blocks: close, not equal
     assert (q8.argmax(-1) == want.argmax(-1)).mean() > 0.9
