@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from codeassist.model.checkpoint import ModelFileError
-    from codeassist.model.export import export_model
+    from codeassist.model.export import export_model, fim_template_of, ollama_modelfile
     from codeassist.model.tokenizer import TokenizerError
 
     try:
@@ -39,5 +39,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  transformers: AutoModelForCausalLM.from_pretrained({str(out)!r})")
     else:
         print(f"  llama.cpp:    llama-server -m {out}")
-        print(f"  Ollama:       echo 'FROM {out}' > Modelfile && ollama create codeassist -f Modelfile")
+        print("  Ollama:       save the Modelfile below, then: ollama create codeassist -f Modelfile")
+        print()
+        try:
+            print(ollama_modelfile(out, fim_template_of(args.model)), end="")
+        except (ModelFileError, TokenizerError):
+            print(ollama_modelfile(out, None), end="")
     return 0

@@ -38,6 +38,7 @@ from codeassist.model.tokenizer import EOT_ID
 
 if TYPE_CHECKING:
     from codeassist.model.export_llama import FamilyTokenizer
+    from codeassist.model.fim_templates import FimTemplate
 
 FORMATS = ("hf", "gguf")
 GGUF_TYPES = ("f32", "f16", "q8_0")
@@ -214,6 +215,42 @@ def write(source: Source, fmt: str, dest: Path, gguf_type: str = "f32") -> None:
         write_hf_llama(source.model, dest, source.tokenizer)
     else:
         write_gguf_llama(source.model, dest, gguf_type, source.tokenizer)
+
+
+def fim_template_of(model: str | os.PathLike[str]) -> FimTemplate | None:
+    """The FIM template of a model without loading its weights: ours for GPT-2 models, the one its
+    tokenizer's special tokens name for the Llama family (None when none is known)."""
+    from codeassist.model.checkpoint import read_info
+    from codeassist.model.families import family_of, is_hf_folder
+    from codeassist.model.fim_templates import TEMPLATES
+    from codeassist.model.store import resolve_model
+
+    path, _ = resolve_model(model)
+    if path.is_dir() and is_hf_folder(path):
+        if family_of(path) == "gpt2":
+            return TEMPLATES["codeassist"]
+        meta = _folder_tokenizer_meta(path)
+    else:
+        info = read_info(path)
+        if info.family == "gpt2":
+            return TEMPLATES["codeassist"]
+        meta = info.meta
+    try:
+        name = json.loads(meta.get("tokenizer_meta") or "{}").get("template")
+    except (ValueError, AttributeError):
+        return None
+    return TEMPLATES.get(str(name))
+
+
+def ollama_modelfile(gguf_path: Path, template: FimTemplate | None) -> str:
+    """An Ollama Modelfile for an exported GGUF: with a FIM template, Ollama's /api/generate takes
+    `suffix` (codeassist's ollama dialect sends it) and lays the prompt out as the model was trained."""
+    lines = [f"FROM {gguf_path.resolve()}"]
+    if template is not None:
+        fim = template.build("{{ .Prompt }}", "{{ .Suffix }}")
+        lines.append(f'TEMPLATE """{{{{- if .Suffix }}}}{fim}{{{{- else }}}}{{{{ .Prompt }}}}{{{{- end }}}}"""')
+        lines += [f'PARAMETER stop "{stop}"' for stop in template.stops]
+    return "\n".join(lines) + "\n"
 
 
 def _check_destination(dest: Path, want_dir: bool, force: bool) -> None:

@@ -71,3 +71,15 @@ def test_a_model_that_cannot_be_read_exits_2(tmp_path: Path, capsys: pytest.Capt
 def test_an_unknown_model_name_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", "no-such-model", "--format", "gguf", "--out", str(tmp_path / "o.gguf")]) == 2
     assert "no-such-model" in one_error_line(capsys)
+
+
+def test_gguf_prints_an_ollama_modelfile_with_our_fim_layout(tiny_model_file: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "tiny.gguf"
+    assert main(["export", str(tiny_model_file), "--format", "gguf", "--gguf-type", "q8_0", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"FROM {out.resolve()}\n" in printed
+    # Ollama takes /api/generate's suffix only when the template uses .Suffix; ours puts the suffix first
+    assert ('TEMPLATE """{{- if .Suffix }}<|fim_suffix|>{{ .Suffix }}<|fim_prefix|>{{ .Prompt }}<|fim_middle|>'
+            '{{- else }}{{ .Prompt }}{{- end }}"""') in printed
+    assert 'PARAMETER stop "<|endoftext|>"' in printed

@@ -268,3 +268,17 @@ def test_gguf_computes_transformers_logits_in_llama_cpps_graph(folders: dict[str
         want = original(ids).logits[0].numpy()
     got = forward(export_model(folder, "gguf", tmp_path / "m.gguf"), ids[0].tolist())
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_the_ollama_modelfile_follows_the_models_fim_template(folders: dict[str, tuple[Path, Any]],
+                                                              tmp_path: Path) -> None:
+    from codeassist.model.export import fim_template_of, ollama_modelfile
+
+    folder, _ = folders["qwen2"]
+    model, _ = load_pretrained(folder)
+    save_model(model, tmp_path / "q.safetensors", tokenizer=HFTokenizer.from_folder(folder).to_metadata())
+    for source in (folder, tmp_path / "q.safetensors"):
+        template = fim_template_of(source)
+        assert template is not None and template.name == "qwen"  # Qwen's markers, prefix first
+    text = ollama_modelfile(tmp_path / "q.gguf", fim_template_of(folder))
+    assert "<|fim_prefix|>{{ .Prompt }}<|fim_suffix|>{{ .Suffix }}<|fim_middle|>" in text
