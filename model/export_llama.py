@@ -214,15 +214,22 @@ def gguf_vocab(tok: FamilyTokenizer, vocab_size: int) -> GGUFVocab:
     tokens: dict[int, str] = {int(i): str(t) for t, i in (model.get("vocab") or {}).items()}
     types = dict.fromkeys(tokens, int(gguf.TokenType.NORMAL))
     for t in spec.get("added_tokens") or []:
-        i = int(t["id"])
-        tokens[i] = str(t["content"])
-        types[i] = int(gguf.TokenType.CONTROL if t.get("special") else gguf.TokenType.USER_DEFINED)
+        i, text = int(t["id"]), str(t["content"])
+        tokens[i] = text
+        control = t.get("special") or _looks_special(text)
+        types[i] = int(gguf.TokenType.CONTROL if control else gguf.TokenType.USER_DEFINED)
     if tokens and max(tokens) >= vocab_size:
         raise TokenizerExportError(f"the tokenizer has ids up to {max(tokens)}, past the model's "
                                    f"{vocab_size} embedding rows")
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
     return GGUFVocab([tokens.get(i, f"[PAD{i}]") for i in range(vocab_size)],
                      [types.get(i, int(gguf.TokenType.UNUSED)) for i in range(vocab_size)], merges, pre)
+
+
+def _looks_special(text: str) -> bool:
+    """Markers some tokenizer.json files add without the special flag (Qwen2.5's FIM tokens,
+    DeepSeek's): convert_hf_to_gguf makes them CONTROL tokens too, so llama.cpp never prints them."""
+    return (text.startswith("<|") and text.endswith("|>")) or (text.startswith("<｜") and text.endswith("｜>"))
 
 
 def _components(node: Any) -> list[dict[str, Any]]:

@@ -29,8 +29,8 @@ TEXT = "def main(argv):\n    return  json.loads(argv[1])  # café\n"
 
 
 def save_tokenizer(folder: Path, split: str = QWEN_SPLIT) -> None:
-    """Qwen2.5's layout: a Split regex then ByteLevel without its own regex; 280 merged tokens + 4 specials."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Qwen2.5's layout: a Split regex then ByteLevel without its own regex; 284 tokens + 2 added."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.Sequence([
@@ -40,6 +40,9 @@ def save_tokenizer(folder: Path, split: str = QWEN_SPLIT) -> None:
     trainer = trainers.BpeTrainer(vocab_size=284, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tk.train_from_iterator([inspect.getsource(json.decoder)], trainer)
+    # as in Qwen2.5's file: a marker added without the special flag, and an added text token
+    tk.add_tokens([AddedToken("<|file_sep|>", special=False, normalized=False),
+                   AddedToken("hello world", special=False, normalized=False)])
     tk.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps(
         {"eos_token": "<|endoftext|>", "bos_token": None, "add_bos_token": False,
@@ -136,7 +139,11 @@ def test_gguf_qwen2_has_llama_cpp_names_keys_and_vocabulary(folders: dict[str, t
     eot = spec["model"]["vocab"].get("<|endoftext|>", next(t["id"] for t in spec["added_tokens"]
                                                                if t["content"] == "<|endoftext|>"))
     assert key("tokenizer.ggml.eos_token_id") == eot
-    assert key("tokenizer.ggml.token_type")[eot] == gguf.TokenType.CONTROL
+    types = key("tokenizer.ggml.token_type")
+    assert types[eot] == gguf.TokenType.CONTROL
+    assert types[tokens.index("<|file_sep|>")] == gguf.TokenType.CONTROL  # added unflagged, looks special
+    assert types[tokens.index("hello world")] == gguf.TokenType.USER_DEFINED
+    assert types[spec["model"]["vocab"]["Ġ"]] == gguf.TokenType.NORMAL
     assert tokens[-1] == f"[PAD{c.vocab_size - 1}]"
     assert key("tokenizer.ggml.fim_mid_token_id") == tokens.index("<|fim_middle|>")
 
