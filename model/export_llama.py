@@ -46,9 +46,10 @@ LLAMA_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.wei
 _QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 PRE_TOKENIZERS = {_QWEN2: "qwen2", _QWEN2.replace(r"\p{N}|", r"\p{N}{1,3}|"): "llama-bpe"}
-# tokenizer files a Hugging Face folder may carry, copied as they are into an hf export
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                   "merges.txt", "added_tokens.json")
+# files of a source Hugging Face folder copied as they are into an hf export: its tokenizer, and
+# its generation defaults (sampling settings, every end token) over the ones written here
+SOURCE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                "merges.txt", "added_tokens.json", "generation_config.json")
 
 
 class TokenizerExportError(ModelFileError):
@@ -122,7 +123,7 @@ def write_hf_llama(model: Llama, dest: Path, tok: FamilyTokenizer) -> None:
     gen = {"bos_token_id": tok.bos_id, "eos_token_id": list(tok.eos_ids) if len(tok.eos_ids) > 1
            else (tok.eos_ids[0] if tok.eos_ids else None)}
     _write_json(dest / "generation_config.json", gen)
-    copied = [f for f in TOKENIZER_FILES if tok.folder is not None and (tok.folder / f).is_file()]
+    copied = [f for f in SOURCE_FILES if tok.folder is not None and (tok.folder / f).is_file()]
     for name in copied:
         (dest / name).write_bytes((tok.folder / name).read_bytes())  # type: ignore[operator]
     if "tokenizer.json" not in copied:

@@ -75,7 +75,8 @@ def test_hf_export_loads_in_transformers_with_the_same_logits(folders: dict[str,
     out = export_model(folder, "hf", tmp_path / "out")
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == name
-    assert (out / "tokenizer.json").read_bytes() == (folder / "tokenizer.json").read_bytes()
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (out / name).read_bytes() == (folder / name).read_bytes()
     exported = AutoModelForCausalLM.from_pretrained(out).eval()
     ids = ids_of(folder)
     with torch.no_grad():
