@@ -315,7 +315,9 @@ class Engine:
                 self._cached.append(last)
                 pos += 1
                 continue
-            scores = self.score_tokens([last, *draft], pos)  # (1 + k, vocab)
+            # the same ids are barred as when decoding one token at a time, so a verified draft
+            # equals plain decoding (greedy) or its distribution (sampling)
+            scores = self._mask_specials(self.score_tokens([last, *draft], pos), req.stop.stop_on_eos)  # (1 + k, vocab)
             if req.sampling.greedy:
                 n, nxt = verify_greedy(scores, draft)
             else:
