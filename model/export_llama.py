@@ -246,16 +246,27 @@ def _has_byte_level(spec: dict[str, Any]) -> bool:
 
 
 def pre_tokenizer_name(spec: dict[str, Any]) -> str:
-    """llama.cpp's name for the tokenizer's pre-tokenizer, from its split regex."""
-    parts = _components(spec.get("pre_tokenizer"))
-    regexes = [(c.get("pattern") or {}).get("Regex") for c in parts if c.get("type") == "Split"]
-    if not regexes and any(c.get("type") == "ByteLevel" and c.get("use_regex", True) for c in parts):
-        return "gpt-2"
-    if len(regexes) == 1 and regexes[0] in PRE_TOKENIZERS:
-        return PRE_TOKENIZERS[regexes[0]]
-    raise TokenizerExportError("the tokenizer's pre-tokenizer is not one llama.cpp knows by name "
-                               f"({', '.join(sorted({*PRE_TOKENIZERS.values(), 'gpt-2'}))}); export "
-                               "with --format hf and convert that folder with llama.cpp's convert_hf_to_gguf.py")
+    """llama.cpp's name for the tokenizer's pre-tokenizer, matched on all its steps: a step this does
+    not know (Digits in another mode, Metaspace, another regex) is refused, never skipped."""
+    steps: list[str] = []
+    for c in _components(spec.get("pre_tokenizer")):
+        kind = c.get("type")
+        if kind == "ByteLevel":
+            steps.append("ByteLevel+regex" if c.get("use_regex", True) else "ByteLevel")
+        elif kind == "Digits" and c.get("individual_digits"):
+            steps.append("Digits")
+        elif kind == "Split" and str(c.get("behavior")).lower() == "isolated" and not c.get("invert"):
+            steps.append(f"Split:{(c.get('pattern') or {}).get('Regex')}")
+        else:
+            steps.append(f"?{kind}")
+    known: dict[tuple[str, ...], str] = {("ByteLevel+regex",): "gpt-2", ("Digits", "ByteLevel+regex"): "starcoder"}
+    known.update({(f"Split:{regex}", "ByteLevel"): name for regex, name in PRE_TOKENIZERS.items()})
+    name = known.get(tuple(steps))
+    if name is None:
+        raise TokenizerExportError("the tokenizer's pre-tokenizer is not one llama.cpp knows by name "
+                                   f"({', '.join(sorted(known.values()))}); export with --format hf and "
+                                   "convert that folder with llama.cpp's convert_hf_to_gguf.py")
+    return name
 
 
 def add_family_vocab(writer: gguf.GGUFWriter, tok: FamilyTokenizer, vocab: GGUFVocab) -> None:

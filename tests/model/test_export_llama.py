@@ -192,6 +192,25 @@ def test_gguf_llama_permutes_q_and_k_for_llama_cpp_rope(folders: dict[str, tuple
     assert torch.allclose(pairs.reshape(8, -1), want, atol=1e-5)
 
 
+def test_pre_tokenizers_are_named_on_all_their_steps() -> None:
+    from codeassist.model.export_llama import pre_tokenizer_name
+
+    def spec(*steps: dict[str, Any]) -> dict[str, Any]:
+        return {"pre_tokenizer": {"type": "Sequence", "pretokenizers": list(steps)}}
+
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+    digits = {"type": "Digits", "individual_digits": True}
+    assert pre_tokenizer_name({"pre_tokenizer": byte_level}) == "gpt-2"
+    assert pre_tokenizer_name(spec(digits, byte_level)) == "starcoder"  # StarCoder: one digit a piece
+    qwen = {"type": "Split", "pattern": {"Regex": QWEN_SPLIT}, "behavior": "Isolated", "invert": False}
+    assert pre_tokenizer_name(spec(qwen, {**byte_level, "use_regex": False})) == "qwen2"
+    for unknown in (spec({**digits, "individual_digits": False}, byte_level),  # digit runs: not GPT-2's
+                    spec(qwen, byte_level),  # the split, then GPT-2's regex again
+                    spec({**qwen, "behavior": "Removed"}, {**byte_level, "use_regex": False})):
+        with pytest.raises(TokenizerExportError, match=r"not one llama\.cpp knows"):
+            pre_tokenizer_name(unknown)
+
+
 def test_a_tokenizer_llama_cpp_cannot_name_is_refused_for_gguf(tmp_path: Path) -> None:
     folder = tmp_path / "odd"
     folder.mkdir()
