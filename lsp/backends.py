@@ -299,11 +299,11 @@ class RemoteBackend:
 def _warm_up(engine: Engine) -> None:
     """One tiny healed generation: builds the healing index and warms the kernels, so the
     user's first request costs what every later one does."""
-    from codeassist.model import tokenizer as tok
     from codeassist.model.engine import GenerationRequest, StopRules
 
+    tok = engine.tokenizer  # the model's own: an open family's ids are not GPT-2's
     ids = tok.encode("def main():\n    ")
-    engine.generate(GenerationRequest(prompt=(tok.EOT_ID, *ids[:-1]), forced_prefix=tok.token_bytes(ids[-1]),
+    engine.generate(GenerationRequest(prompt=(*tok.lead_ids(), *ids[:-1]), forced_prefix=tok.token_bytes(ids[-1]),
                                       stop=StopRules(max_new_tokens=2)))
 
 
