@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PACKAGES := cli model lsp training quantization remote
 
-.PHONY: demo test test-deps editor-apt editor-deps lint typecheck pytest install clean
+.PHONY: demo test test-deps editor-apt editor-deps lint typecheck pytest install clean image-test
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,7 @@ typecheck: $(STAMP)
 # unavailable it says so, and the tests that need them fail saying what is missing.
 test-deps:
 	@missing=""; [ -x /usr/bin/nvim ] || missing=" neovim"; command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
 	[ -z "$$missing" ] || { command -v apt-get >/dev/null 2>&1 && \
 	  { apt-get install -y -qq $$missing >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && \
 	    apt-get install -y -qq $$missing >/dev/null 2>&1; }; }; } || \
@@ -74,6 +75,12 @@ pytest: $(STAMP) test-deps editor-deps
 	$(PY) -m pytest -q
 
 test: lint typecheck pytest
+
+# The CPU image built with podman on a locally made Debian base and run (deploy/build-local-image.sh;
+# minutes: the torch install dominates), and the CUDA image up to its torch stage. Needs root for
+# apt-get and podman; .ci/run calls it after `make test`.
+image-test: $(STAMP)
+	CODEASSIST_IMAGE_TEST=1 $(PY) -m pytest -q tests/deploy/test_image.py
 
 clean:
 	rm -rf $(VENV) .mypy-src .mypy_cache .ruff_cache .pytest_cache
