@@ -14,7 +14,7 @@ from codeassist.cli.errors import UserError
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a model name (default, a saved name), a model file, a Hugging Face folder, "
-                                 "or hf:ORG/NAME (GPT-2, Llama and Qwen2 families)")
+                                 "or hf:ORG/NAME (GPT-2, Llama, Qwen2 and StarCoder families)")
     # formats are checked by model.export, so a wrong one gets the same one-sentence error as the rest
     p.add_argument("--format", required=True, metavar="hf|gguf",
                    help="hf: a Hugging Face folder (transformers, vLLM); gguf: one file (llama.cpp, Ollama)")

@@ -4,8 +4,9 @@
   tokenizer.json and its two config files) that transformers and vLLM load as GPT-2.
 - `gguf`: one file that llama.cpp and Ollama load (model/export_gguf.py).
 
-GPT-2 models (ours, and HF GPT-2 folders) are written here; the Llama family (llama, qwen2, from
-a Hugging Face folder, hf:ORG/NAME or one of our model files) by model/export_llama.py.
+GPT-2 models (ours, and HF GPT-2 folders) are written here; the open families (llama, qwen2,
+gpt_bigcode, from a Hugging Face folder, hf:ORG/NAME or one of our model files) by
+model/export_llama.py and, for StarCoder's GGUF, model/export_bigcode.py.
 
 Our GPT is HF's GPT-2 with a bigger vocabulary (50,304 rows: space runs, FIM specials, padding), so
 the weights carry over unchanged except HF's Conv1D layout, (in, out), for the four block linears
@@ -120,12 +121,12 @@ def _write_json(path: Path, data: object) -> None:
 
 # -- reading the model ------------------------------------------------------------------------------
 
-EXPORTABLE = ("gpt2", "llama", "qwen2")
+EXPORTABLE = ("gpt2", "llama", "qwen2", "gpt_bigcode")
 
 
 @dataclass(frozen=True)
 class Source:
-    """A model to export: a float module of its family, and (Llama family) its own tokenizer."""
+    """A model to export: a float module of its family, and (open families) its own tokenizer."""
 
     model: CausalLM
     family: str
@@ -207,19 +208,24 @@ def write(source: Source, fmt: str, dest: Path, gguf_type: str = "f32") -> None:
 
             write_gguf_gpt2(source.model, dest, gguf_type)
         return
-    from codeassist.model.export_llama import write_gguf_llama, write_hf_llama
+    from codeassist.model.bigcode import BigCode
+    from codeassist.model.export_llama import write_gguf_llama, write_hf_family
     from codeassist.model.llama import Llama
 
-    assert isinstance(source.model, Llama) and source.tokenizer is not None
+    assert isinstance(source.model, Llama | BigCode) and source.tokenizer is not None
     if fmt == "hf":
-        write_hf_llama(source.model, dest, source.tokenizer)
+        write_hf_family(source.model, dest, source.tokenizer)
+    elif isinstance(source.model, BigCode):
+        from codeassist.model.export_bigcode import write_gguf_bigcode
+
+        write_gguf_bigcode(source.model, dest, gguf_type, source.tokenizer)
     else:
         write_gguf_llama(source.model, dest, gguf_type, source.tokenizer)
 
 
 def fim_template_of(model: str | os.PathLike[str]) -> FimTemplate | None:
     """The FIM template of a model without loading its weights: ours for GPT-2 models, the one its
-    tokenizer's special tokens name for the Llama family (None when none is known)."""
+    tokenizer's special tokens name for the open families (None when none is known)."""
     from codeassist.model.checkpoint import read_info
     from codeassist.model.families import family_of, is_hf_folder
     from codeassist.model.fim_templates import TEMPLATES

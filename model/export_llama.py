@@ -26,6 +26,7 @@ import gguf
 import numpy as np
 import torch
 
+from codeassist.model.bigcode import BigCode
 from codeassist.model.checkpoint import ModelFileError
 from codeassist.model.llama import Llama, LlamaConfig
 
@@ -104,7 +105,7 @@ class FamilyTokenizer:
 
 # -- hf ---------------------------------------------------------------------------------------------
 
-def hf_config(model: Llama, tok: FamilyTokenizer, dtype: torch.dtype) -> dict[str, Any]:
+def hf_config(model: Llama | BigCode, tok: FamilyTokenizer, dtype: torch.dtype) -> dict[str, Any]:
     config = model.config.to_hf()
     config["torch_dtype"] = str(dtype).removeprefix("torch.")
     config["bos_token_id"] = tok.bos_id
@@ -112,7 +113,8 @@ def hf_config(model: Llama, tok: FamilyTokenizer, dtype: torch.dtype) -> dict[st
     return config
 
 
-def write_hf_llama(model: Llama, dest: Path, tok: FamilyTokenizer) -> None:
+def write_hf_family(model: Llama | BigCode, dest: Path, tok: FamilyTokenizer) -> None:
+    """Llama and GPTBigCode modules carry Hugging Face's names: the state dict goes out as it is."""
     from safetensors.torch import save_file
 
     dtype = model.anchor.dtype

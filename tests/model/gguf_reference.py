@@ -71,27 +71,34 @@ def forward(source: Path | gguf.GGUFReader, ids: list[int]) -> np.ndarray:
     """Logits (T, vocab) of the GGUF model (a file or its reader) for the token ids."""
     keys, w = read(source)
     arch = str(keys["general.architecture"])
-    if arch == "gpt2":
-        return _forward_gpt2(keys, w, ids)
+    if arch in ("gpt2", "starcoder"):
+        return _forward_gpt2(keys, w, ids, arch)
     return _forward_llama(keys, w, ids, arch)
 
 
-def _forward_gpt2(keys: dict[str, Any], w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
-    eps, nh = float(keys["gpt2.attention.layer_norm_epsilon"]), int(keys["gpt2.attention.head_count"])
+def _forward_gpt2(keys: dict[str, Any], w: dict[str, np.ndarray], ids: list[int], arch: str) -> np.ndarray:
+    """gpt2 and starcoder: learned positions, LayerNorm, GELU; starcoder's fused qkv holds
+    head_count_kv key/value heads after the queries."""
+    eps, nh = float(keys[f"{arch}.attention.layer_norm_epsilon"]), int(keys[f"{arch}.attention.head_count"])
+    nkv = int(keys.get(f"{arch}.attention.head_count_kv", nh))
     T = len(ids)
     x = w["token_embd.weight"][ids] + w["position_embd.weight"][:T]
-    for n in range(int(keys["gpt2.block_count"])):
+    for n in range(int(keys[f"{arch}.block_count"])):
         p = f"blk.{n}."
         h = _layer_norm(x, w[p + "attn_norm.weight"], w[p + "attn_norm.bias"], eps)
         qkv = h @ w[p + "attn_qkv.weight"].T + w[p + "attn_qkv.bias"]
-        q, k, v = (a.reshape(T, nh, -1).transpose(1, 0, 2) for a in np.split(qkv, 3, axis=-1))
+        C = x.shape[-1]
+        kv = C // nh * nkv
+        q, k, v = qkv[:, :C], qkv[:, C:C + kv], qkv[:, C + kv:]
+        q = q.reshape(T, nh, -1).transpose(1, 0, 2)
+        k, v = (a.reshape(T, nkv, -1).transpose(1, 0, 2) for a in (k, v))
         y = _attention(q, k, v).transpose(1, 0, 2).reshape(T, -1)
         x = x + y @ w[p + "attn_output.weight"].T + w[p + "attn_output.bias"]
         h = _layer_norm(x, w[p + "ffn_norm.weight"], w[p + "ffn_norm.bias"], eps)
         h = _gelu(h @ w[p + "ffn_up.weight"].T + w[p + "ffn_up.bias"])
         x = x + h @ w[p + "ffn_down.weight"].T + w[p + "ffn_down.bias"]
     x = _layer_norm(x, w["output_norm.weight"], w["output_norm.bias"], eps)
-    return x @ w["output.weight"].T
+    return x @ w.get("output.weight", w["token_embd.weight"]).T
 
 
 def _forward_llama(keys: dict[str, Any], w: dict[str, np.ndarray], ids: list[int], arch: str) -> np.ndarray:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from codeassist.model.checkpoint import save_model
-from codeassist.model.export import ExportError, export_model
+from codeassist.model.export import export_model
 from codeassist.model.export_llama import TokenizerExportError, permute_rope
 from codeassist.model.families import load_pretrained
 from codeassist.model.tokenization import HFTokenizer
@@ -222,12 +222,31 @@ def test_a_tokenizer_llama_cpp_cannot_name_is_refused_for_gguf(tmp_path: Path) -
     assert [p.name for p in tmp_path.iterdir()] == ["odd"]
 
 
-def test_a_bigcode_model_is_refused(tmp_path: Path) -> None:
-    folder = tmp_path / "sc"
+@pytest.mark.parametrize("name", ["bigcode", "bigcode_mha"])
+def test_starcoder_exports_to_hf_and_to_llama_cpps_starcoder_arch(tmp_path: Path, name: str) -> None:
+    # multi-query (StarCoder's) and per-head interleaved q, k, v (without multi_query), which llama.cpp
+    # reads as [q | k | v]: the GGUF forward must give transformers' logits for both
+    from transformers import AutoModelForCausalLM
+
+    from tests.model.gguf_reference import forward
+
+    folder = tmp_path / name
     folder.mkdir()
-    save_hf("bigcode", folder)
-    with pytest.raises(ExportError, match="gpt_bigcode model; export supports gpt2, llama, qwen2"):
-        export_model(folder, "hf", tmp_path / "out")
+    original = save_hf(name, folder)
+    save_tokenizer(folder)
+    ids = ids_of(folder)
+    with torch.no_grad():
+        want = original(ids).logits
+    exported = AutoModelForCausalLM.from_pretrained(export_model(folder, "hf", tmp_path / "hf")).eval()
+    with torch.no_grad():
+        assert torch.allclose(exported(ids).logits, want, atol=1e-4, rtol=0)
+    out = export_model(folder, "gguf", tmp_path / "sc.gguf")
+    reader, tensors = gguf_tensors(out)
+    assert reader.fields["general.architecture"].contents() == "starcoder"
+    kv_heads = 1 if original.config.multi_query else original.config.n_head
+    assert reader.fields["starcoder.attention.head_count_kv"].contents() == kv_heads
+    assert "blk.0.attn_qkv.bias" in tensors and "position_embd.weight" in tensors
+    np.testing.assert_allclose(forward(out, ids[0].tolist()), want[0].numpy(), atol=1e-4, rtol=0)
 
 
 def test_an_int8_qwen2_model_file_exports_dequantized(folders: dict[str, tuple[Path, Any]],
