@@ -1,7 +1,8 @@
 """Exports of the Llama family (`llama`, `qwen2`: Qwen2.5-Coder, DeepSeek-Coder, Code Llama shapes).
 
-hf: model/llama.py already uses Hugging Face's module names, so the state dict is written as it
-is (a tied head left out), with `LlamaConfig.to_hf()` as config.json and the model's own tokenizer:
+hf (also for GPTBigCode, whose module names are Hugging Face's as well): model/llama.py already
+uses Hugging Face's module names, so the state dict is written as it is (a tied head left out),
+with the config's `to_hf()` as config.json and the model's own tokenizer:
 copied from the source folder, or rebuilt from a model file's metadata (its tokenizer.json and
 bos/eos, model/tokenization.py).
 

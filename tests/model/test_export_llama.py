@@ -1,5 +1,5 @@
-"""Exports of the Llama family: tiny random qwen2 and llama models built by transformers here,
-with a tiny byte-level BPE tokenizer (Qwen2.5's pre-tokenizer layout) built by `tokenizers`."""
+"""Exports of the open families: tiny random qwen2, llama and gpt_bigcode models built by transformers
+here, with a tiny byte-level BPE tokenizer (Qwen2.5's pre-tokenizer layout) built by `tokenizers`."""
 
 from __future__ import annotations
 
