@@ -23,6 +23,7 @@ embedding's padding rows) are masked out while decoding, so a completion is alwa
 
 from __future__ import annotations
 
+import codecs
 import logging
 import threading
 import time
@@ -544,9 +545,5 @@ class _TextDecoder:
         return self.text()
 
     def text(self) -> str:
-        try:
-            return self._buf.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            if exc.reason == "unexpected end of data":  # a character split across tokens
-                return self._buf[:exc.start].decode("utf-8", errors="replace")
-            return self._buf.decode("utf-8", errors="replace")
+        # a character split across tokens waits for the rest, even after an invalid byte earlier
+        return codecs.getincrementaldecoder("utf-8")("replace").decode(bytes(self._buf), final=False)

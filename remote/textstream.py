@@ -8,6 +8,8 @@ a streamed response never shows text that a later stop would have cut).
 
 from __future__ import annotations
 
+import codecs
+
 from codeassist.model.tokenization import Tokenizer, resolve
 
 
@@ -53,13 +55,9 @@ class TextStream:
 
 
 def _decode_complete(buf: bytes) -> str:
-    """Decode, leaving out an incomplete UTF-8 sequence at the end."""
-    try:
-        return buf.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if exc.reason == "unexpected end of data":
-            return buf[:exc.start].decode("utf-8", errors="replace")
-        return buf.decode("utf-8", errors="replace")
+    """Decode, leaving out an incomplete UTF-8 sequence at the end (it waits for its next token,
+    even after an invalid byte earlier, which becomes U+FFFD as `Tokenizer.decode` makes it)."""
+    return codecs.getincrementaldecoder("utf-8")("replace").decode(buf, final=False)
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:

@@ -413,6 +413,14 @@ def test_remote_text_stream_reads_the_tokenizers_bytes(toks: dict[str, HFTokeniz
     stream = TextStream(b"", ("\n",), tk)
     out = "".join(stream.push(t) for t in tk.encode("x = 'café'\ny = 2"))
     assert out + stream.finish() == "x = 'café'"
+    # a stray byte, then a character split over two tokens: shown as decode shows it, never a
+    # U+FFFD for the half character
+    byte = {tk.token_bytes(i): i for i in range(tk.n_vocab) if len(tk.token_bytes(i)) == 1}
+    ids = [byte[b"\xff"], byte[b"\xd7"], byte[b"\xbc"]]
+    stream = TextStream(tokenizer=tk)
+    pieces = [stream.push(i) for i in ids]
+    assert pieces == ["\ufffd", "", "\u05fc"] and stream.finish() == ""
+    assert "".join(pieces) == tk.decode(ids) == "\ufffd\u05fc"
 
 
 # -- loading: a Hugging Face folder of another family, and a model file that carries its tokenizer --
