@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import torch
 
@@ -90,7 +90,9 @@ def load_init_model(init_from: str, preset: str, seed: int) -> tuple[GPT, str]:
         from codeassist.model.quantized import dequantize_model  # only quantized models need it
 
         model = dequantize_model(model)
-    return model.float().train(), name
+    # any family (load_model gives a CausalLM); the loop is typed for GPT and trains them through
+    # the interface they share (loss, config, parameters)
+    return cast(GPT, model.float().train()), name
 
 
 def _confirm_tty(question: str) -> bool:
