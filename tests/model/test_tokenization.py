@@ -517,8 +517,7 @@ def test_language_server_pipeline_with_a_local_hf_model(folders: dict[str, Path]
 
     folder = tmp_path / "tiny-qwen"
     shutil.copytree(folders["qwen"], folder)
-    # 50,400 rows: the backend's warm-up still speaks our ids (lsp/backends.py), which must fit
-    save_tiny_qwen2(folder, 50_400, positions=2048)
+    save_tiny_qwen2(folder, HFTokenizer.from_folder(folder).n_vocab + 20, positions=2048)  # no room for our ids
     backend = LocalBackend(str(folder), "cpu", threads=1)
     backend.start()
     assert backend.wait_ready(120), backend.status().reason
