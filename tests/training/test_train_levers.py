@@ -4,7 +4,11 @@ report.json state exact match before and after and the paired verdict."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,3 +93,30 @@ def test_replay_is_a_seeded_sample_of_the_standard_librarys_training_files() -> 
     assert chars >= 200_000 and chars - len(first[-1].text) < 200_000  # just enough
     _, held_out = split_documents(stdlib_documents())
     assert not {d.path for d in first} & {d.path for d in held_out}  # never gate_default's files
+
+
+def _state(name: str) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir(name) / "state.safetensors"), framework="pt") as f:
+        return dict(json.loads((f.metadata() or {})["state"]))
+
+
+@pytest.mark.slow  # two torchrun processes and a single one, each with a standard-library replay sample
+def test_torchrun_with_replay_and_early_stop_matches_one_process(tmp_path: Path, tiny_model_file: Path) -> None:
+    repo = _repo(tmp_path, n=8)
+    common = ["train", str(repo), "--init-from", str(tiny_model_file), "--max-iters", "8", "--yes",
+              "--gate-lines", "0", "--lr", "3e-2", "--replay", "0.5", "--early-stop", "1", *FAST]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "codeassist.cli.main", *common, "--out", "ddp"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert main([*common, "--out", "single"]) == 0
+    two, one = _state("ddp"), _state("single")
+    assert one["replay_seen"] > 0 and len(one["check_losses"]) >= 2
+    assert (two["step"], two["replay_seen"], two["best_step"], two["stopped_early"]) == \
+        (one["step"], one["replay_seen"], one["best_step"], one["stopped_early"])
+    assert [s for s, _ in two["check_losses"]] == [s for s, _ in one["check_losses"]]
+    assert [v for _, v in two["check_losses"]] == pytest.approx([v for _, v in one["check_losses"]], abs=1e-4)
+    assert two["losses"] == pytest.approx(one["losses"], abs=1e-4)
