@@ -147,9 +147,18 @@ class Run:
     flags: tuple[str, ...]
 
 
+def forget_model(home: Path, name: str) -> None:
+    """Remove the model `name` a previous benchmark run installed (and its .previous), so the gate
+    compares with the default model again rather than with that run's model."""
+    for path in (home / "models").glob(f"{name}.*"):
+        if path.name.startswith((f"{name}.safetensors", f"{name}.previous.", f"{name}.loss.")):
+            path.unlink()
+
+
 def train(run: Run, home: Path, budget_min: float, threads: int | None, logs: Path) -> dict[str, Any]:
     """`codeassist train` on one project in its own process; its report.json and the time it took."""
     name = f"bench-{run.project.key}-{run.variant}".replace("+", "-").replace(".", "")
+    forget_model(home, name)
     cmd = [sys.executable, "-m", "codeassist.cli.main", "train", str(run.folder), "--yes", "--out", name,
            "--time-budget", f"{budget_min * 60:g}s", "--no-progress", *run.flags]
     if threads:

@@ -80,3 +80,14 @@ def test_a_project_unpacks_into_a_git_repository_once(bench: ModuleType, tmp_pat
     log = subprocess.run(["git", "-C", str(folder), "log", "--oneline"], capture_output=True, text=True, check=True)
     assert "demo 1.0" in log.stdout
     assert bench.unpack(archive, tmp_path / "projects", pin) == folder
+
+
+def test_a_rerun_compares_with_the_default_model_again(bench: ModuleType, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    names = ["bench-a-default.safetensors", "bench-a-default.previous.safetensors", "bench-a-default.loss.png",
+             "bench-a-default-x.safetensors", "bench-ab-default.safetensors"]
+    for n in names:
+        (models / n).write_text("x")
+    bench.forget_model(tmp_path, "bench-a-default")
+    assert sorted(p.name for p in models.iterdir()) == ["bench-a-default-x.safetensors", "bench-ab-default.safetensors"]
