@@ -266,6 +266,20 @@ async def test_language_server_answers_inline_completion(tiny: TinyFolder) -> No
         st = await status()
         assert st["p50Ms"] is not None, st  # the request ran through the model
         assert st["lastReason"] is None or "error" not in str(st["lastReason"]).lower(), st
+        # the next keystroke (a character the suggestion did not start with, so the model runs again)
+        # reuses the first request's keys and values
+        shown = str(inline.items[0].insert_text) if isinstance(inline, types.InlineCompletionList) and inline.items \
+            else ""
+        typed = "q" if shown.startswith("z") else "z"
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(pos, pos), text=typed)]))
+        after = types.Position(line=pos.line, character=pos.character + 1)
+        await client.text_document_inline_completion_async(types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri), position=after,
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)))
+        st = await status()
+        assert st["reusedTokens"] and st["reusedTokens"] > 0, st
         assert not client.error, client.error
     finally:
         await client.shutdown_session()
@@ -381,6 +395,23 @@ def test_team_server_batches_concurrent_requests_and_fills_in_the_middle(tiny: T
         assert fim["usage"]["prompt_tokens"] == len(prompt.ids)
         want = greedy(engine, prompt.ids, prompt.forced_prefix, n=n, stop_on_eos=False)
         assert fim["choices"][0]["text"] == want.text[len(prompt.forced_prefix.decode()):]
+        # streamed, the same text
+        body = {"prompt": PREFIX, "suffix": SUFFIX, "max_tokens": n, "temperature": 0, "ignore_eos": True,
+                "stream": True}
+        pieces: list[str] = []
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=300) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    pieces.extend(c["text"] for c in json.loads(line[6:])["choices"])
+        assert "".join(pieces) == fim["choices"][0]["text"]
+        # the next keystroke reuses the server's cached prefix and gives a cold engine's text
+        typed = PREFIX + "lines()"
+        again = ask(typed, SUFFIX)
+        assert again["usage"]["prompt_tokens_details"]["cached_tokens"] > 0, again["usage"]
+        cold = build_prompt(typed, SUFFIX, 1 << 30, tokenizer=engine.tokenizer)
+        engine.reset_prefix()
+        want = greedy(engine, cold.ids, cold.forced_prefix, n=n, stop_on_eos=False)
+        assert again["choices"][0]["text"] == want.text[len(cold.forced_prefix.decode()):]
     finally:
         if proc.poll() is None:
             proc.terminate()
