@@ -1,4 +1,8 @@
-"""Tokenize collected files into uint16 shards: train (with FIM) and held-out validation files.
+"""Tokenize collected files into token shards: train (with FIM) and held-out validation files.
+
+The shards are in the tokenizer of the model to be trained (ours for our GPT-2 family, an open
+family's tokenizer.json for Qwen2, Llama, StarCoder); the data id names that tokenizer (its name
+and a hash of its metadata), so a resume against another tokenizer is refused.
 
 The split is by a hash of each file's path, so it is stable across runs and independent of file
 order; at least one file is held out when there are two or more. Validation is tokenized without
@@ -22,11 +26,22 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from codeassist.model.tokenizer import TOKENIZER_NAME
 from codeassist.training.collect import SourceFile
 from codeassist.training.fim import FIM_RATE
-from codeassist.training.shards import Document, is_validation, read_manifest, write_manifest, write_split
+from codeassist.training.shards import (
+    Document,
+    is_validation,
+    read_manifest,
+    shard_dtype,
+    write_manifest,
+    write_split,
+)
+
+if TYPE_CHECKING:
+    from codeassist.model.tokenization import Tokenizer
 
 VAL_FRACTION = 0.1
 NOT_CODE = frozenset({"markdown", "yaml", "toml", "ini", "json", "dockerfile", "make", "cmake"})  # never held out
@@ -54,6 +69,7 @@ class Dataset:
     passes: int = 1  # FIM passes over the training files
     check_tokens: int = 0  # the early stop's check split; 0: none
     replay_tokens: int = 0  # the replay shard; 0: none
+    tokenizer: str = TOKENIZER_NAME  # tokenizer_identity of the shards' tokenizer
 
 
 def _path_hash(path: str) -> int:
@@ -125,9 +141,22 @@ def _int(value: object) -> int:
     return int(value)  # type: ignore[call-overload]
 
 
-def compute_data_id(entries: dict[str, dict[str, object]], seed: int, fim_rate: float) -> str:
+def tokenizer_identity(tokenizer: Tokenizer | None) -> str:
+    """The tokenizer's name, with a hash of its metadata when that holds more than the name
+    (ours is its name alone, so our data ids are as before families)."""
+    if tokenizer is None:
+        return TOKENIZER_NAME
+    meta = tokenizer.to_metadata()
+    if meta == {"tokenizer": tokenizer.name}:
+        return tokenizer.name
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{tokenizer.name}:{digest}"
+
+
+def compute_data_id(entries: dict[str, dict[str, object]], seed: int, fim_rate: float,
+                    tokenizer: str = TOKENIZER_NAME) -> str:
     key = json.dumps({"splits": {k: v["sha256"] for k, v in sorted(entries.items())}, "seed": seed,
-                      "fim_rate": fim_rate, "tokenizer": TOKENIZER_NAME}, sort_keys=True)
+                      "fim_rate": fim_rate, "tokenizer": tokenizer}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -143,9 +172,10 @@ def build_dataset(files: Sequence[SourceFile], out_dir: Path, seed: int = 0,
                   val_fraction: float = VAL_FRACTION, fim_rate: float = FIM_RATE, workers: int = 2,
                   progress: bool = False, source: str = "", passes: int | None = None,
                   check: bool = False, replay_ratio: float = 0.0,
-                  replay: Sequence[Document] | None = None) -> Dataset:
+                  replay: Sequence[Document] | None = None, tokenizer: Tokenizer | None = None) -> Dataset:
     """Write out_dir/{train,val}.bin, val_files.jsonl and manifest.json; deterministic in `files`.
 
+    `tokenizer`: the model's (None: ours).
     `passes`: FIM passes over the training files; by default `fim_passes(train)`. `check`: hold
     out the early stop's check split (check.bin). `replay_ratio` > 0: write replay.bin from
     `replay` (by default a sample of the standard library sized for that ratio).
@@ -162,33 +192,35 @@ def build_dataset(files: Sequence[SourceFile], out_dir: Path, seed: int = 0,
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = {
         "train": write_split(_docs(train), out_dir, "train", seed=seed, fim_rate=fim_rate,
-                             workers=workers, progress=progress, passes=n_passes),
+                             workers=workers, progress=progress, passes=n_passes, tokenizer=tokenizer),
         "val": write_split(_docs(val), out_dir, "val", seed=seed, fim_rate=0.0, workers=workers,
-                           progress=progress),
+                           progress=progress, tokenizer=tokenizer),
     }
     if checked:
         entries["check"] = write_split(_docs(checked), out_dir, "check", seed=seed, fim_rate=0.0,
-                                       workers=workers, progress=progress)
+                                       workers=workers, progress=progress, tokenizer=tokenizer)
     if replay_ratio > 0:
         if replay is None:
             share = replay_ratio / (1 - replay_ratio) * sum(len(f.text) for f in train) * n_passes
             replay = replay_documents(int(min(REPLAY_MAX_CHARS, max(REPLAY_MIN_CHARS, share))), seed)
         entries["replay"] = write_split(list(replay), out_dir, "replay", seed=seed, fim_rate=fim_rate,
-                                        workers=workers, progress=progress)
+                                        workers=workers, progress=progress, tokenizer=tokenizer)
     tmp = out_dir / (VAL_FILES + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         for f in val:
             fh.write(json.dumps({"path": f.path, "language": f.language, "text": f.text}) + "\n")
     os.replace(tmp, out_dir / VAL_FILES)
-    data_id = compute_data_id(entries, seed, fim_rate)
+    identity = tokenizer_identity(tokenizer)
+    data_id = compute_data_id(entries, seed, fim_rate, identity)
     languages = sorted({f.language for f in files})
     write_manifest(out_dir, entries, {"data_id": data_id, "seed": seed, "fim_rate": fim_rate,
-                                      "val_fraction": val_fraction, "tokenizer": TOKENIZER_NAME,
+                                      "val_fraction": val_fraction, "tokenizer": identity,
+                                      "dtype": shard_dtype(tokenizer).name,
                                       "languages": languages, "source": source})
     return Dataset(folder=out_dir, data_id=data_id, train_tokens=_int(entries["train"]["tokens"]),
                    val_tokens=_int(entries["val"]["tokens"]), train_files=len(train), val_files=len(val),
                    passes=_int(entries["train"]["passes"]), check_tokens=_split_tokens(entries, "check"),
-                   replay_tokens=_split_tokens(entries, "replay"))
+                   replay_tokens=_split_tokens(entries, "replay"), tokenizer=identity)
 
 
 def read_dataset(out_dir: Path) -> Dataset:
@@ -197,7 +229,8 @@ def read_dataset(out_dir: Path) -> Dataset:
     return Dataset(folder=out_dir, data_id=str(m["data_id"]), train_tokens=_int(splits["train"]["tokens"]),
                    val_tokens=_int(splits["val"]["tokens"]), train_files=_int(splits["train"]["documents"]),
                    val_files=_int(splits["val"]["documents"]), passes=_int(splits["train"].get("passes", 1)),
-                   check_tokens=_split_tokens(splits, "check"), replay_tokens=_split_tokens(splits, "replay"))
+                   check_tokens=_split_tokens(splits, "check"), replay_tokens=_split_tokens(splits, "replay"),
+                   tokenizer=str(m.get("tokenizer", TOKENIZER_NAME)))
 
 
 def _split_tokens(entries: dict[str, dict[str, object]], name: str) -> int:

@@ -4,6 +4,11 @@ Everything of one run lives in <data dir>/runs/<name>/: data/ (shards, manifest)
 checkpoint (state.safetensors, the last few in checkpoints/), the candidate model and its loss
 curve. The user's model is <data dir>/models/<name>.safetensors; the one it replaces is kept as
 <name>.previous.safetensors, and `--rollback` swaps them back.
+
+Any family trains: the init model (ours, a model file of an open family, a Hugging Face folder or
+hf:ORG/NAME) brings its tokenizer, the shards are written in it, and the model file written
+carries it. Above 100M parameters `--method auto` trains LoRA adapters (training/lora.py) and
+writes the merged weights, an ordinary model file of the same shape.
 """
 
 from __future__ import annotations
@@ -17,11 +22,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import torch
 
-from codeassist.model.checkpoint import ModelFileError, load_model
+from codeassist.model.checkpoint import ModelFileError
 from codeassist.model.config import get_preset
 from codeassist.model.gpt import GPT
 from codeassist.model.store import data_dir, named_model_path, resolve_model
@@ -31,7 +36,11 @@ from codeassist.training.dataset import build_dataset, read_dataset, read_val_fi
 from codeassist.training.fim import FIM_RATE
 from codeassist.training.loop import TrainConfig, build_model, train
 from codeassist.training.plot import save_loss_curve
+from codeassist.training.precision import ProbeShape
 from codeassist.training.shards import load_split
+
+if TYPE_CHECKING:
+    from codeassist.model.tokenization import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -74,25 +83,41 @@ class FinetuneOptions:
     dropout: float = 0.0
     fim_rate: float = FIM_RATE
     warmup_iters: int | None = None  # None: a tenth of the steps, at most 50
+    method: str = "auto"  # auto (LoRA above 100M parameters) | lora | full
+    lora_rank: int = 16
+    parallel: str = "ddp"  # under torchrun with several processes: ddp | fsdp
 
 
 def run_dir(name: str) -> Path:
     return data_dir() / "runs" / name
 
 
-def load_init_model(init_from: str, preset: str, seed: int) -> tuple[GPT, str]:
-    """(a float model to train, a description of where it came from)."""
+def load_init_model(init_from: str, preset: str, seed: int) -> tuple[GPT, str, Tokenizer]:
+    """(a float model to train, a description of where it came from, its tokenizer).
+
+    Ours from scratch and for GPT-2-family files; a Hugging Face folder's tokenizer.json for a
+    folder or hf:ORG/NAME; the tokenizer a model file of an open family carries."""
+    from codeassist.model.engine import load_any
+    from codeassist.model.tokenization import codeassist_tokenizer
+
     if init_from == "scratch":
-        return build_model(get_preset(preset), seed), f"scratch ({preset})"
-    path, name = resolve_model(init_from)
-    model, info = load_model(path)
-    if info.scheme != "none":
+        return build_model(get_preset(preset), seed), f"scratch ({preset})", codeassist_tokenizer()
+    model, info, name, tokenizer = load_any(init_from, "cpu")
+    if info is not None and info.scheme != "none":
         from codeassist.model.quantized import dequantize_model  # only quantized models need it
 
         model = dequantize_model(model)
-    # any family (load_model gives a CausalLM); the loop is typed for GPT and trains them through
+    # any family (load_any gives a CausalLM); the loop is typed for GPT and trains them through
     # the interface they share (loss, config, parameters)
-    return cast(GPT, model.float().train()), name
+    return cast(GPT, model.float().train()), name, tokenizer
+
+
+def tokenizer_meta(tokenizer: Tokenizer) -> dict[str, str] | None:
+    """What the trained model file must carry of its tokenizer; None for ours (the default)."""
+    from codeassist.model.tokenizer import TOKENIZER_NAME
+
+    meta = tokenizer.to_metadata()
+    return None if meta == {"tokenizer": TOKENIZER_NAME} else meta
 
 
 def _confirm_tty(question: str) -> bool:
@@ -104,10 +129,14 @@ def _confirm_tty(question: str) -> bool:
         return False
 
 
-def use_bf16(precision: str, device: torch.device) -> bool:
-    if precision not in ("auto", "fp32", "bf16"):
+def use_bf16(precision: str, device: torch.device, shape: ProbeShape | None = None) -> bool:
+    """`fp32` and `bf16` as asked; `auto` through training/precision.py (CUDA: bf16 where
+    supported; CPU: measured once at this shape, bf16 only when clearly faster)."""
+    from codeassist.training import precision as prec
+
+    if precision not in prec.PRECISIONS:
         raise TrainError(f"unknown precision {precision!r}; use auto, fp32 or bf16")
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return prec.use_bf16(precision, device, shape or prec.ProbeShape(n_embd=768, vocab_size=50304))
 
 
 def default_lr(model: GPT, scratch: bool) -> float:
@@ -146,7 +175,10 @@ def _train_config(opts: FinetuneOptions, model: GPT, train_tokens: int, world: i
                        max_iters=max_iters, time_budget_s=opts.time_budget_s, lr=lr, min_lr=lr / 10,
                        warmup_iters=max(1, warmup),
                        eval_interval=opts.eval_interval, eval_batches=4, ckpt_interval=opts.ckpt_interval,
-                       seed=opts.seed, autocast_bf16=use_bf16(opts.precision, device),
+                       seed=opts.seed,
+                       autocast_bf16=use_bf16(opts.precision, device,
+                                              ProbeShape(n_embd=model.config.n_embd,
+                                                         vocab_size=model.config.vocab_size, rows=micro * seq)),
                        replay_ratio=opts.replay, early_stop_patience=opts.early_stop)
 
 
@@ -217,6 +249,10 @@ def _run(opts: FinetuneOptions, env: ddp.DistEnv, out: TextIO, confirm: Callable
         raise TrainError("under torchrun pass --yes: only one process could ask for confirmation")
     if opts.resume and not (folder / "state.safetensors").exists():
         raise TrainError(f"there is no interrupted run named {opts.out!r} to resume ({folder})")
+    # the model first: its tokenizer is the data's, and a bad --init-from fails before collecting
+    model, origin, tokenizer = load_init_model(opts.init_from, opts.preset, opts.seed)
+    if opts.resume:
+        _check_resume_tokenizer(data, tokenizer)
     ok = True
     if env.is_main:
         result = collect(opts.paths, opts.languages or None, workers=opts.workers)
@@ -229,15 +265,18 @@ def _run(opts: FinetuneOptions, env: ddp.DistEnv, out: TextIO, confirm: Callable
                 shutil.rmtree(folder, ignore_errors=True)  # a new run starts clean
             build_dataset(result.files, data, seed=opts.seed, val_fraction=opts.val_fraction,
                           workers=opts.workers, progress=opts.progress, source=", ".join(opts.paths),
-                          fim_rate=opts.fim_rate, check=opts.early_stop > 0, replay_ratio=opts.replay)
+                          fim_rate=opts.fim_rate, check=opts.early_stop > 0, replay_ratio=opts.replay,
+                          tokenizer=tokenizer)
     if env.is_distributed:
         ok = bool(ddp.all_reduce_sum(env, [1.0 if ok else 0.0])[0] > 0)
     if not ok:
         say("cancelled; nothing was trained")
         return 1
     dataset = read_dataset(data)
-    model, origin = load_init_model(opts.init_from, opts.preset, opts.seed)
     set_dropout(model, opts.dropout)
+    method = _apply_method(model, opts)
+    if opts.parallel == "fsdp" and not env.is_distributed:
+        say("--parallel fsdp shards over several processes under torchrun; with one process it is ignored")
     cfg = _train_config(opts, model, dataset.train_tokens, env.world_size, env.device)
     val = load_split(data, "val") if dataset.val_tokens > cfg.seq_len + 1 else None
     check = load_split(data, "check") if dataset.check_tokens else None
@@ -246,7 +285,7 @@ def _run(opts: FinetuneOptions, env: ddp.DistEnv, out: TextIO, confirm: Callable
     replay = load_split(data, "replay") if dataset.replay_tokens else None
     passes = f", {dataset.passes} FIM passes" if dataset.passes > 1 else ""
     say(f"training {origin} on {dataset.train_tokens:,} tokens ({dataset.train_files} files{passes}; "
-        f"{dataset.val_files} held out) with {env.world_size} process(es) on {env.device}")
+        f"{dataset.val_files} held out) with {env.world_size} process(es) on {env.device}{method}")
     if replay is not None:
         say(f"{opts.replay:.0%} of each step is general code: {len(replay):,} tokens of the standard library, "
             "against forgetting")
@@ -259,7 +298,8 @@ def _run(opts: FinetuneOptions, env: ddp.DistEnv, out: TextIO, confirm: Callable
         state = train(model, load_split(data, "train"), val, cfg, folder, env.device, resume=opts.resume,
                       provenance={"data": dataset.data_id, "init_from": origin, "source": list(opts.paths)},
                       on_progress=bar, data_id=dataset.data_id, dist=env,
-                      keep_checkpoints=opts.keep_checkpoints, replay_data=replay, check_data=check)
+                      keep_checkpoints=opts.keep_checkpoints, replay_data=replay, check_data=check,
+                      parallel=opts.parallel, tokenizer_meta=tokenizer_meta(tokenizer))
     except KeyboardInterrupt:
         bar.close()
         say(f"interrupted; continue with: codeassist train {' '.join(opts.paths)} --out {opts.out} --resume")
@@ -288,6 +328,37 @@ def _run(opts: FinetuneOptions, env: ddp.DistEnv, out: TextIO, confirm: Callable
     return _gate_and_install(opts, folder, data, out, record)
 
 
+def _apply_method(model: GPT, opts: FinetuneOptions) -> str:
+    """LoRA adapters on `model` when --method asks (auto: above 100M parameters); the phrase
+    the start line ends with."""
+    from codeassist.training.lora import apply_lora, count_parameters, wants_lora
+
+    try:
+        lora = wants_lora(model, opts.method)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+    if not lora:
+        return ""
+    apply_lora(model, rank=opts.lora_rank, seed=opts.seed)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return (f", LoRA rank {opts.lora_rank} ({trained:,} of {count_parameters(model):,} parameters train; "
+            "the merged model is written)")
+
+
+def _check_resume_tokenizer(data: Path, tokenizer: Tokenizer) -> None:
+    """Refuse a resume whose shards were written in another tokenizer than the init model's."""
+    from codeassist.training.dataset import tokenizer_identity
+    from codeassist.training.shards import read_manifest
+
+    try:
+        written = str(read_manifest(data).get("tokenizer", ""))
+    except (OSError, ValueError):
+        return  # no data yet: it is written now, and the checkpoint's data id decides
+    if written and written != tokenizer_identity(tokenizer):
+        raise TrainError(f"cannot resume: the run's data was tokenized for tokenizer {written!r}, and "
+                         f"--init-from gives {tokenizer_identity(tokenizer)!r}")
+
+
 REPORT = "report.json"  # the run's figures for scripts (benchmarks/bench_finetune.py reads it)
 
 
@@ -303,8 +374,10 @@ def _gate_and_install(opts: FinetuneOptions, folder: Path, data: Path, out: Text
         print(f"installed as {opts.out!r} ({named_model_path(opts.out)}); there was no model to compare with",
               file=out)
         return 0
-    samples = line_samples(read_val_files(data), opts.gate_lines, opts.seed)
-    result, verdict = gate_with_verdict(candidate, current, load_split(data, "val"), samples, device="cpu")
+    val_files = read_val_files(data)
+    samples = line_samples(val_files, opts.gate_lines, opts.seed)
+    result, verdict = gate_with_verdict(candidate, current, load_split(data, "val"), samples, device="cpu",
+                                        val_files=val_files, val_tokenizer=read_dataset(data).tokenizer)
     print(result.summary, file=out)
     print(closing_report(result.better, verdict), file=out)
     if record is not None:
@@ -339,7 +412,7 @@ def _current_model(opts: FinetuneOptions) -> Path | None:
             path, _ = resolve_model(name)
         except ModelFileError:
             continue
-        if path.is_file():
+        if path.is_file() or path.is_dir():  # a Hugging Face folder too
             return path
     return None
 

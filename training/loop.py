@@ -182,7 +182,7 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
           provenance: dict[str, Any] | None = None, on_progress: ProgressFn | None = None,
           data_id: str = "", dist: DistEnv | None = None, keep_checkpoints: int = 1,
           replay_data: np.ndarray | None = None, check_data: np.ndarray | None = None,
-          parallel: str = "ddp") -> TrainState:
+          parallel: str = "ddp", tokenizer_meta: dict[str, str] | None = None) -> TrainState:
     """Train `model` in place; writes out_dir/state.safetensors (resume) and out_dir/model.safetensors.
 
     Under torchrun (`dist` with several ranks) each optimizer step's `cfg.grad_accum` micro-batches
@@ -193,6 +193,8 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
     `replay_data` and `check_data`: the replay shard and the early stop's check split (see above).
     `parallel`: with several ranks, "ddp" (a whole copy per process) or "fsdp" (weights, gradients
     and optimizer state sharded: training/fsdp.py); the checkpoints are the same files either way.
+    `tokenizer_meta`: the model's tokenizer (`Tokenizer.to_metadata()`) for model.safetensors to
+    carry; None for ours.
     """
     if cfg.replay_ratio > 0 and replay_data is None:
         raise ValueError("a replay ratio needs replay data")
@@ -303,14 +305,15 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
             write_train_state(state_path, model, whole[0], whole[1], state, cfg)
             keep_last_checkpoints(state_path, state.step, keep_checkpoints)
             save_merged(model, out_dir / "model.safetensors", provenance=_provenance(state, provenance),
-                        state=whole[0])
+                        tokenizer=tokenizer_meta, state=whole[0])
         elif save_now:
             save_train_state(state_path, model, opt, state, cfg)
             keep_last_checkpoints(state_path, state.step, keep_checkpoints)
             if last and cfg.early_stop_patience > 0:
                 restore_best(model, out_dir, state)
             # with LoRA adapters, the file holds the merged weights: an ordinary model file
-            save_merged(model, out_dir / "model.safetensors", provenance=_provenance(state, provenance))
+            save_merged(model, out_dir / "model.safetensors", provenance=_provenance(state, provenance),
+                        tokenizer=tokenizer_meta)
     return state
 
 

@@ -23,15 +23,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from codeassist.model.checkpoint import load_model
+from codeassist.model.tokenizer import TOKENIZER_NAME
+from codeassist.training.collect import SourceFile
 from codeassist.training.gate import (
-    LOSS_SEQ,
+    PER_CHAR_NOTE,
     GateResult,
     LineSample,
     Score,
     _count_hits,
+    compare_per_char,
     decide,
-    heldout_loss,
+    model_loss,
 )
 
 SIGNIFICANCE = 0.05
@@ -129,22 +131,27 @@ async def _each_line(backend: Any, settings: Any, samples: Sequence[LineSample])
 
 
 def score_lines(model_path: Path, val_tokens: np.ndarray, samples: Sequence[LineSample],
-                device: str = "cpu") -> tuple[Score, list[bool]]:
-    """gate.score, with the per-line hits kept."""
-    model, _ = load_model(model_path, device="cpu")
-    loss = heldout_loss(model, val_tokens, seq_len=min(LOSS_SEQ, model.config.block_size))
-    del model
+                device: str = "cpu", val_files: Sequence[SourceFile] = (), val_tokenizer: str = TOKENIZER_NAME,
+                per_char: bool = False) -> tuple[Score, list[bool]]:
+    """gate.score, with the per-line hits kept (each model in its own tokenizer: gate.model_loss)."""
+    loss = model_loss(model_path, val_tokens, val_files, val_tokenizer, per_char)
     hits = line_hits(model_path, samples, device)
     em = sum(hits) / len(hits) if hits else math.nan
     return Score(loss=loss, exact_match=em, lines=len(hits)), hits
 
 
 def gate_with_verdict(new_path: Path, old_path: Path, val_tokens: np.ndarray, samples: Sequence[LineSample],
-                      device: str = "cpu") -> tuple[GateResult, Verdict]:
-    """gate.run_gate's decision on `samples`, and the paired verdict on the same lines."""
-    new, new_hits = score_lines(new_path, val_tokens, samples, device)
-    old, old_hits = score_lines(old_path, val_tokens, samples, device)
+                      device: str = "cpu", val_files: Sequence[SourceFile] = (),
+                      val_tokenizer: str = TOKENIZER_NAME) -> tuple[GateResult, Verdict]:
+    """gate.run_gate's decision on `samples`, and the paired verdict on the same lines.
+
+    `val_files` and `val_tokenizer` (the shard's tokenizer identity): a model in another
+    tokenizer is scored on the files tokenized in its own; see gate.model_loss."""
+    per_char = compare_per_char(new_path, old_path, val_files)
+    new, new_hits = score_lines(new_path, val_tokens, samples, device, val_files, val_tokenizer, per_char)
+    old, old_hits = score_lines(old_path, val_tokens, samples, device, val_files, val_tokenizer, per_char)
     better, summary = decide(new, old)
+    summary += PER_CHAR_NOTE if per_char else ""
     return GateResult(new=new, old=old, better=better, summary=summary), compare_hits(old_hits, new_hits)
 
 

@@ -138,7 +138,7 @@ def test_init_from_a_quantized_model_dequantizes_it(tmp_path: Path) -> None:
 
     base = build_model(get_preset("tiny"), seed=0)
     quantize(base, "int8").save(base, tmp_path / "q.safetensors")
-    model, origin = load_init_model(str(tmp_path / "q.safetensors"), "default", 0)
+    model, origin, _ = load_init_model(str(tmp_path / "q.safetensors"), "default", 0)
     assert origin == "q"
     params = dict(model.named_parameters())
     assert params and all(p.dtype == torch.float32 and p.requires_grad for p in params.values())
