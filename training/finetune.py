@@ -275,6 +275,8 @@ def _run(opts: FinetuneOptions, env: ddp.DistEnv, out: TextIO, confirm: Callable
     dataset = read_dataset(data)
     set_dropout(model, opts.dropout)
     method = _apply_method(model, opts)
+    if opts.resume:
+        _check_resume_method(folder / "state.safetensors", model)
     if opts.parallel == "fsdp" and not env.is_distributed:
         say("--parallel fsdp shards over several processes under torchrun; with one process it is ignored")
     cfg = _train_config(opts, model, dataset.train_tokens, env.world_size, env.device)
@@ -343,6 +345,24 @@ def _apply_method(model: GPT, opts: FinetuneOptions) -> str:
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return (f", LoRA rank {opts.lora_rank} ({trained:,} of {count_parameters(model):,} parameters train; "
             "the merged model is written)")
+
+
+def _check_resume_method(state_path: Path, model: GPT) -> None:
+    """Refuse a resume whose checkpoint was trained with LoRA when this run trains fully, or the
+    other way round, or with adapters of another rank."""
+    from safetensors import safe_open
+
+    from codeassist.training.lora import lora_layers
+
+    try:
+        with safe_open(str(state_path), framework="pt") as f:
+            saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if k.endswith(".lora_a")}  # noqa: SIM118
+    except Exception:  # a damaged checkpoint is the loop's to report, in its own words
+        return
+    ours = {f"model.{name}.lora_a": tuple(layer.lora_a.shape) for name, layer in lora_layers(model)}
+    if saved != ours:
+        was = f"LoRA rank {next(iter(saved.values()))[0]}" if saved else "full fine-tuning"
+        raise TrainError(f"cannot resume: the run was trained with {was}; pass the same --method and --lora-rank")
 
 
 def _check_resume_tokenizer(data: Path, tokenizer: Tokenizer) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +206,65 @@ def test_the_data_id_names_the_tokenizer(tmp_path: Path, qwen: Path) -> None:
     assert a.tokenizer == "gpt2-ws24-fim" and tokenizer_identity(None) == a.tokenizer
     assert b.tokenizer.startswith("hf:") and a.data_id != b.data_id
     assert read_dataset(tmp_path / "qwen").tokenizer == b.tokenizer
+
+
+def _interrupted(monkeypatch: pytest.MonkeyPatch, at_step: int, run: Callable[[], int]) -> int:
+    real_call = finetune.ProgressBar.__call__
+
+    def interrupt(self: finetune.ProgressBar, p: dict[str, object]) -> None:
+        if p["step"] == at_step:
+            raise KeyboardInterrupt
+        real_call(self, p)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(finetune.ProgressBar, "__call__", interrupt)
+        return run()
+
+
+def test_a_lora_resume_continues_exactly_and_another_method_is_refused(
+        tmp_path: Path, qwen: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = _repo(tmp_path)
+    lora = ["--max-iters", "4", "--gate-lines", "0", "--method", "lora", "--lora-rank", "4"]
+    assert _train(repo, qwen, "lwhole", *lora) == 0
+    assert _interrupted(monkeypatch, 3, lambda: _train(repo, qwen, "lcut", *lora)) == 130
+    capsys.readouterr()
+    assert _train(repo, qwen, "lcut", "--max-iters", "4", "--gate-lines", "0", "--method", "full", "--resume") == 1
+    assert "cannot resume: the run was trained with LoRA rank 4" in capsys.readouterr().err
+    assert _train(repo, qwen, "lcut", *lora[:-1], "8", "--resume") == 1
+    assert _train(repo, qwen, "lcut", *lora, "--resume") == 0
+    assert _losses("lcut") == _losses("lwhole") and len(_losses("lwhole")) == 4
+
+
+def test_the_gate_compares_models_of_two_tokenizers_per_character(
+        tmp_path: Path, qwen: Path, tiny_model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from codeassist.training.finetune import install_model
+
+    repo = _repo(tmp_path)
+    install_model(tiny_model_file, "mixed")  # the user's model, in our tokenizer
+    assert _train(repo, qwen, "mixed", "--max-iters", "4", "--gate-lines", "2") == 0
+    out = capsys.readouterr().out
+    assert "held-out loss per character: the two models have different tokenizers" in out, out
+    report = json.loads((run_dir("mixed") / "report.json").read_text())
+    old, new = report["gate"]["old"]["loss"], report["gate"]["new"]["loss"]
+    # nats per character: our untrained tiny model and the tiny Qwen each near their vocabulary's
+    # uniform loss times tokens per character, not per-token losses of one tokenizer read by the other
+    assert 0 < old < 12 and 0 < new < 12 and old != new
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_bigcode"])
+def test_the_other_families_train_in_their_tokenizers(tmp_path: Path, family: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    folder = build_folder(tmp_path / f"tiny-{family}", family).path
+    repo = _repo(tmp_path)
+    assert _train(repo, folder, "fam", "--max-iters", "2", "--gate-lines", "0") == 0
+    info = read_info(named_model_path("fam"))
+    tok = HFTokenizer.from_folder(folder)
+    assert info.family == family and info.meta["tokenizer_json"] == tok.to_metadata()["tokenizer_json"]
+    data = run_dir("fam") / "data"
+    val = [int(i) for i in load_split(data, "val")]
+    held = read_val_files(data)[0].text
+    if tok.bos_id is not None:  # DeepSeek's layout: every document starts with its BOS
+        assert val[0] == tok.bos_id
+    assert tok.decode(val[:40]) == held[:len(tok.decode(val[:40]))] and tok.eot_id in val
+    train_text = hf_decode(folder, [int(i) for i in load_split(data, "train")])
+    assert all(marker in train_text for marker in tok.template.markers()[:3])  # type: ignore[union-attr]
