@@ -95,6 +95,14 @@ def test_fine_tuning_a_qwen2_folder_trains_in_its_tokenizer_and_installs_a_qwen2
     text, result = complete(engine, "def f_0_1(x1, y):\n    total_1 = ", max_new_tokens=6, stop=())
     assert result.tokens and all(t < engine.config.vocab_size for t in result.tokens)
     assert result.stop_reason in ("max_tokens", "eos") and isinstance(text, str)
+    # a second round from the user's qwen2 model file: the tokenizer comes from its metadata, the
+    # data is the same (the same tokenizer identity), and the gate compares with that file
+    assert main(["train", str(repo), "--init-from", "q1", "--yes", "--out", "q1", "--lr", "1e-2", *FAST,
+                 "--max-iters", "2", "--gate-lines", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "training q1 on" in out and "per character" not in out
+    assert read_manifest(data)["tokenizer"] == manifest["tokenizer"]
+    assert read_info(run_dir("q1") / "model.safetensors").meta["tokenizer_json"] == info.meta["tokenizer_json"]
 
 
 def test_lora_writes_a_merged_file_of_the_same_shape(tmp_path: Path, qwen: Path,
@@ -103,8 +111,9 @@ def test_lora_writes_a_merged_file_of_the_same_shape(tmp_path: Path, qwen: Path,
 
     repo = _repo(tmp_path)
     assert _train(repo, qwen, "q2", "--max-iters", "3", "--gate-lines", "0", "--method", "lora",
-                  "--lora-rank", "4") == 0
-    assert "LoRA rank 4" in capsys.readouterr().out
+                  "--lora-rank", "4", "--parallel", "fsdp") == 0
+    out = capsys.readouterr().out
+    assert "LoRA rank 4" in out and "with one process it is ignored" in out
     merged, info = load_model(run_dir("q2") / "model.safetensors")
     base, _ = load_pretrained(qwen)
     got, want = merged.state_dict(), base.state_dict()
