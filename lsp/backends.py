@@ -24,6 +24,7 @@ from codeassist.lsp.settings import RemoteConfig
 
 if TYPE_CHECKING:
     from codeassist.model.engine import Engine
+    from codeassist.model.tokenization import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,11 @@ class LocalBackend:
             self._loading = False
             self._loaded.set()
 
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        """The loaded model's own tokenizer (None until it has loaded)."""
+        return self._engine.tokenizer if self._engine is not None else None
+
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Block this thread until the model has loaded (True) or failed (False), at most `timeout`."""
         self._loaded.wait(timeout)
@@ -137,7 +143,7 @@ class LocalBackend:
             reason = self._error or "the model is still loading"
             return BackendStatus("local", self.model, self.device, False, reason)
         return BackendStatus("local", engine.name, engine.device.type, True,
-                             context_tokens=engine.config.block_size)
+                             context_tokens=engine.context_tokens)
 
     async def complete(self, request: CompletionRequest) -> BackendResult:
         engine = self._engine

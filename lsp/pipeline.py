@@ -84,9 +84,7 @@ class Pipeline:
     def tokenizer(self) -> Tokenizer:
         """The backend's model's tokenizer: a local engine's own, else ours (a remote backend
         sends text; its copy lookups and prompt budget are in ours unless it says otherwise)."""
-        tk = getattr(self.backend, "tokenizer", None)
-        if tk is None:  # LocalBackend exposes its engine; the engine carries the tokenizer
-            tk = getattr(getattr(self.backend, "_engine", None), "tokenizer", None)
+        tk = getattr(self.backend, "tokenizer", None)  # LocalBackend: its loaded engine's
         return resolve(tk if isinstance(tk, Tokenizer) else None)
 
     async def complete(self, ctx: CompletionContext, invoked: bool = False, channel: str = "inline"
