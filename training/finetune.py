@@ -67,7 +67,7 @@ class FinetuneOptions:
     micro_batch: int | None = None  # sequences per forward pass in one process; None: up to 4
     seq_len: int = 1024  # whole FIM samples (~3,000 characters) and the editor's whole prompt (896)
     lr: float | None = None  # None: see default_lr
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (bench_train: CPU bf16 was slower here)
+    precision: str = "auto"  # auto: bf16 on CUDA where supported; on a CPU only where measured faster (precision.py)
     eval_interval: int = 100
     ckpt_interval: int = 50
     keep_checkpoints: int = 3

@@ -1,4 +1,4 @@
-"""The training loop: nanoGPT-shaped, on uint16 token shards, resumable exactly.
+"""The training loop: nanoGPT-shaped, on uint16 or uint32 token shards (training/shards.py), resumable exactly.
 
 AdamW with decoupled weight decay on matrices only, linear warmup then cosine decay,
 gradient accumulation, gradient clipping, bf16 autocast on CPU and CUDA when asked,
