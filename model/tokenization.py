@@ -176,8 +176,8 @@ _KNOWN_MARKERS = frozenset(s for t in TEMPLATES.values() for s in (*t.markers(),
 
 
 @functools.cache
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-to-unicode map, inverted: the character a ByteLevel vocabulary writes → its byte."""
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte (HF ByteLevel and llama.cpp use the same table)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
@@ -186,7 +186,13 @@ def _byte_decoder() -> dict[str, int]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+    return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
+
+
+@functools.cache
+def _byte_decoder() -> dict[str, int]:
+    """The table inverted: the character a ByteLevel vocabulary writes → its byte."""
+    return {c: b for b, c in byte_to_unicode().items()}
 
 
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from codeassist.model.tokenization import byte_to_unicode
 from codeassist.model.tokenizer import (
     EOT,
     EOT_ID,
@@ -41,24 +42,9 @@ SPECIALS: dict[int, str] = {EOT_ID: EOT, FIM_PREFIX_ID: FIM_PREFIX, FIM_MIDDLE_I
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_UNUSED = 1, 3, 5
 
 
-@functools.cache
-def _byte_to_unicode() -> dict[int, str]:
-    """GPT-2's printable stand-in for each byte (HF ByteLevel and llama.cpp use the same table)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
-
-
 def byte_level(token: bytes) -> str:
     """The token's string in a byte-level vocabulary (b' def' -> 'Ġdef')."""
-    table = _byte_to_unicode()
+    table = byte_to_unicode()
     return "".join(table[b] for b in token)
 
 

@@ -90,7 +90,7 @@ def test_special_strings_become_our_special_ids() -> None:
 
 
 def test_token_strings_are_our_token_bytes() -> None:
-    table = {v: k for k, v in tx._byte_to_unicode().items()}
+    table = {v: k for k, v in tx.byte_to_unicode().items()}
     toks = tx.tokens()
     assert len(toks) == ours.FIM_SUFFIX_ID + 1
     for i in [*range(0, ours.FIM_SUFFIX_ID + 1, 97), *range(ours.N_GPT2, ours.FIM_PREFIX_ID)]:
