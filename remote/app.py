@@ -21,6 +21,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
+from codeassist.remote import session
 from codeassist.remote.errors import install_handlers
 from codeassist.remote.limits import APIKeyAuth, BodyLimit, RequestGuard
 from codeassist.remote.metrics import CONTENT_TYPE, ServerMetrics
@@ -129,7 +130,7 @@ def create_app(settings: ServerSettings, load_engine: Callable[[], Engine] | Non
         middleware.insert(0, Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                                         allow_credentials=settings.cors_credentials,
                                         allow_methods=["GET", "POST"],
-                                        allow_headers=["Authorization", "Content-Type"]))
+                                        allow_headers=["Authorization", "Content-Type", session.HEADER]))
     middleware += [Middleware(APIKeyAuth, keys=settings.api_keys, on_reject=metrics.reject),
                    Middleware(BodyLimit, max_bytes=settings.max_body_bytes, on_reject=metrics.reject)]
     app = FastAPI(title="codeassist", version=version(), lifespan=lifespan, middleware=middleware,

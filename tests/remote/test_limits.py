@@ -176,6 +176,12 @@ def test_no_cors_unless_configured(serve, shared_server: Live) -> None:  # type:
     ok = httpx.get(live.url + "/v1/models", headers={"Origin": "https://ide.example"})
     assert ok.headers["access-control-allow-origin"] == "https://ide.example"
     assert "access-control-allow-origin" not in httpx.get(live.url + "/v1/models", headers=origin).headers
+    # a browser client may send the editor-session header the replicas are routed by
+    pre_ok = httpx.options(live.url + "/v1/completions",
+                           headers={"Origin": "https://ide.example", "Access-Control-Request-Method": "POST",
+                                    "Access-Control-Request-Headers": "x-codeassist-session"})
+    assert pre_ok.status_code == 200
+    assert "x-codeassist-session" in pre_ok.headers["access-control-allow-headers"].lower()
 
 
 def test_wildcard_origins_with_credentials_and_open_binds_without_keys_are_refused() -> None:
