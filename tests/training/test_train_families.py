@@ -277,3 +277,25 @@ def test_the_other_families_train_in_their_tokenizers(tmp_path: Path, family: st
     assert tok.decode(val[:40]) == held[:len(tok.decode(val[:40]))] and tok.eot_id in val
     train_text = hf_decode(folder, [int(i) for i in load_split(data, "train")])
     assert all(marker in train_text for marker in tok.template.markers()[:3])  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+def test_torchrun_fsdp_trains_a_qwen2_folder_as_one_process_does(tmp_path: Path, qwen: Path) -> None:
+    """`--parallel fsdp` under torchrun with two gloo processes: the losses of one process (60 s)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = _repo(tmp_path)
+    common = ["train", str(repo), "--init-from", str(qwen), "--max-iters", "3", "--yes", "--gate-lines", "0",
+              "--lr", "1e-2", *FAST]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "codeassist.cli.main", *common, "--out", "sharded", "--parallel", "fsdp"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "with 2 process(es)" in run.stdout and "is ignored" not in run.stdout
+    assert main([*common, "--out", "single"]) == 0
+    two, one = _losses("sharded"), _losses("single")
+    assert len(two) == len(one) == 3 and two == pytest.approx(one, abs=1e-4)
+    assert read_info(run_dir("sharded") / "model.safetensors").meta.get("tokenizer") == "hf"
