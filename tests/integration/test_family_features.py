@@ -286,9 +286,6 @@ async def test_language_server_answers_inline_completion(tiny: TinyFolder) -> No
         await client.stop()  # type: ignore[no-untyped-call]
 
 
-@pytest.mark.xfail(strict=True, reason="lsp/backends.py LocalBackend.status reports the model's trained context "
-                   "(engine.config.block_size) instead of the engine's capped one (engine.context_tokens), so the "
-                   "language server builds prompts longer than the KV cache and the engine cuts off their FIM markers")
 def test_language_server_prompt_budget_is_the_engine_context(tiny: TinyFolder, tmp_path: Path) -> None:
     from codeassist.lsp import backends
     from codeassist.model.engine import MAX_CONTEXT
