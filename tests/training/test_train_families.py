@@ -100,7 +100,10 @@ def test_fine_tuning_a_qwen2_folder_trains_in_its_tokenizer_and_installs_a_qwen2
     assert main(["train", str(repo), "--init-from", "q1", "--yes", "--out", "q1", "--lr", "1e-2", *FAST,
                  "--max-iters", "2", "--gate-lines", "2"]) == 0
     out = capsys.readouterr().out
-    assert "training q1 on" in out and "per character" not in out
+    assert "training q1 on" in out and "per character" not in out and "installed as 'q1'" in out, out
+    assert read_info(named_model_path("q1")).provenance["steps"] == 2
+    assert main(["train", "--rollback", "--out", "q1"]) == 0  # the first round's model is back
+    assert read_info(named_model_path("q1")).provenance["steps"] == 4
     assert read_manifest(data)["tokenizer"] == manifest["tokenizer"]
     assert read_info(run_dir("q1") / "model.safetensors").meta["tokenizer_json"] == info.meta["tokenizer_json"]
 
@@ -114,6 +117,8 @@ def test_lora_writes_a_merged_file_of_the_same_shape(tmp_path: Path, qwen: Path,
                   "--lora-rank", "4", "--parallel", "fsdp") == 0
     out = capsys.readouterr().out
     assert "LoRA rank 4" in out and "with one process it is ignored" in out
+    gate = json.loads((run_dir("q2") / "report.json").read_text())["gate"]
+    assert gate["new"]["loss"] < gate["old"]["loss"]  # the merged model's held-out loss is the lower
     merged, info = load_model(run_dir("q2") / "model.safetensors")
     base, _ = load_pretrained(qwen)
     got, want = merged.state_dict(), base.state_dict()
