@@ -304,3 +304,26 @@ def test_torchrun_fsdp_trains_a_qwen2_folder_as_one_process_does(tmp_path: Path,
     two, one = _losses("sharded"), _losses("single")
     assert len(two) == len(one) == 3 and two == pytest.approx(one, abs=1e-4)
     assert read_info(run_dir("sharded") / "model.safetensors").meta.get("tokenizer") == "hf"
+
+
+def test_init_from_an_hf_spec_uses_the_cached_snapshot(tmp_path: Path, qwen: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`--init-from hf:ORG/NAME`: the snapshot in the Hub's cache layout, with HF_HUB_OFFLINE=1."""
+    import shutil
+
+    from codeassist.model.store import cache_dir
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    cached = cache_dir() / "hf" / "models--tiny--qwen2-coder"
+    shutil.copytree(qwen, cached / "snapshots" / commit)
+    (cached / "refs").mkdir()
+    (cached / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = _repo(tmp_path)
+    assert main(["train", str(repo), "--init-from", "hf:tiny/qwen2-coder", "--yes", "--out", "hub", "--lr", "1e-2",
+                 "--max-iters", "2", "--gate-lines", "0", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "training tiny/qwen2-coder on" in out and "installed as 'hub'" in out, out
+    info = read_info(named_model_path("hub"))
+    assert info.family == "qwen2" and info.meta["tokenizer_json"] == HFTokenizer.from_folder(qwen).to_metadata()[
+        "tokenizer_json"]
