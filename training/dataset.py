@@ -180,6 +180,8 @@ def build_dataset(files: Sequence[SourceFile], out_dir: Path, seed: int = 0,
     out the early stop's check split (check.bin). `replay_ratio` > 0: write replay.bin from
     `replay` (by default a sample of the standard library sized for that ratio).
     """
+    if tokenizer is not None and not tokenizer.fim:
+        fim_rate = 0.0  # a model without FIM markers trains left to right (one pass: more would repeat it)
     train, val = split_files(files, val_fraction)
     checked: list[SourceFile] = []
     if check:

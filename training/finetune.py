@@ -277,6 +277,8 @@ def _run(opts: FinetuneOptions, env: ddp.DistEnv, out: TextIO, confirm: Callable
     method = _apply_method(model, opts)
     if opts.resume:
         _check_resume_method(folder / "state.safetensors", model)
+    if not tokenizer.fim and opts.fim_rate > 0:
+        say(f"{origin} has no fill-in-the-middle markers that codeassist knows; it trains left to right")
     if opts.parallel == "fsdp" and not env.is_distributed:
         say("--parallel fsdp shards over several processes under torchrun; with one process it is ignored")
     cfg = _train_config(opts, model, dataset.train_tokens, env.world_size, env.device)

@@ -327,3 +327,17 @@ def test_init_from_an_hf_spec_uses_the_cached_snapshot(tmp_path: Path, qwen: Pat
     info = read_info(named_model_path("hub"))
     assert info.family == "qwen2" and info.meta["tokenizer_json"] == HFTokenizer.from_folder(qwen).to_metadata()[
         "tokenizer_json"]
+
+
+def test_a_tokenizer_without_fim_markers_writes_one_left_to_right_pass(tmp_path: Path) -> None:
+    from codeassist.training.collect import SourceFile
+    from codeassist.training.dataset import build_dataset
+
+    wide = _wide_tokenizer(tmp_path / "wide")
+    files = [SourceFile(path=f"m{i}.py", language="python", text=code_file(i)) for i in range(3)]
+    data = build_dataset(files, tmp_path / "d", workers=1, tokenizer=wide)
+    assert data.passes == 1 and read_manifest(tmp_path / "d")["fim_rate"] == 0.0
+    ids = [int(i) for i in load_split(tmp_path / "d", "train")]
+    held = {f.path for f in read_val_files(tmp_path / "d")}
+    assert wide.decode(ids) == "".join(f.text for f in files if f.path not in held)  # each file once, in order
+    assert ids.count(wide.eot_id) >= 2 and min(ids) >= 70_000
