@@ -179,7 +179,7 @@ def test_cuda_bf16_completes_with_healing_and_prefix_reuse(tiny: TinyFolder) -> 
     assert warm.reused_tokens > 0 and warm.tokens == cold.tokens
 
 
-# -- codeassist quantize, then Engine.load of the file ----------------------------------------------
+# -- codeassist quantize, then Engine.load and the team server on the file ------------------------
 
 
 @pytest.mark.parametrize("method", ["int8", "int4"])
@@ -205,6 +205,21 @@ def test_quantize_cli_file_carries_the_tokenizer_and_completes_as_in_memory(
     a = complete(loaded, PREFIX, SUFFIX, max_new_tokens=MAX, stop=())
     b = complete(built, PREFIX, SUFFIX, max_new_tokens=MAX, stop=())
     assert a[1].tokens == b[1].tokens and a[0] == b[0]
+    # the team server (in a thread, on loopback) serves the file: its FIM answer is the engine's text
+    from tests.remote.conftest import start_server
+
+    live = start_server(load=lambda: Engine.load(out, device="cpu"))
+    try:
+        r = httpx.post(live.url + "/v1/completions", json={"prompt": PREFIX, "suffix": SUFFIX, "max_tokens": MAX,
+                                                           "temperature": 0, "ignore_eos": True}, timeout=60)
+    finally:
+        live.stop()
+    assert r.status_code == 200, r.text
+    prompt = build_prompt(PREFIX, SUFFIX, 1 << 30, tokenizer=loaded.tokenizer)
+    loaded.reset_prefix()
+    want = greedy(loaded, prompt.ids, prompt.forced_prefix, stop_on_eos=False)
+    assert r.json()["usage"]["prompt_tokens"] == len(prompt.ids)
+    assert r.json()["choices"][0]["text"] == want.text[len(prompt.forced_prefix.decode()):]
 
 
 # -- codeassist complete --------------------------------------------------------------------------
