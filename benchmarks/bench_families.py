@@ -57,12 +57,53 @@ def random_folder(shape: str, seed: int = 0) -> Path:
     import transformers
 
     torch.manual_seed(seed)
-    cfg = transformers.Qwen2Config(**SHAPES[shape], torch_dtype="float32")
+    cfg = transformers.Qwen2Config(**SHAPES[shape])
     model = transformers.Qwen2ForCausalLM(cfg).eval()
     tmp = folder.with_name(folder.name + ".tmp")
     model.save_pretrained(tmp, safe_serialization=True)
     tmp.rename(folder)
     return folder
+
+
+def write_tokenizer(folder: Path, vocab_size: int) -> None:
+    """A Qwen2-shaped tokenizer.json of exactly `vocab_size` ids for the random model (the GGUF
+    export needs one; llama-bench never tokenizes): the 256 byte-level characters, two-byte merges in
+    a fixed order until the vocabulary is full, Qwen2's pre-tokenizer and its FIM and end tokens."""
+    if (folder / "tokenizer.json").exists():
+        return
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    specials = ["<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+                "<|repo_name|>", "<|file_sep|>"]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    merges: list[tuple[str, str]] = []
+    room = vocab_size - len(specials)
+    for a in alphabet:
+        for b in alphabet:
+            if len(vocab) >= room:
+                break
+            vocab[a + b] = len(vocab)
+            merges.append((a, b))
+    for a in alphabet:  # three-character tokens until full (151,936 needs more than 256 + 256^2)
+        for pair in list(vocab)[256:]:
+            if len(vocab) >= room:
+                break
+            if len(pair) == 2 and a + pair not in vocab:
+                vocab[a + pair] = len(vocab)
+                merges.append((a, pair))
+        if len(vocab) >= room:
+            break
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    qwen2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+             r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(qwen2), behavior="isolated"),
+                                                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens([AddedToken(t, special=True) for t in specials])
+    assert tk.get_vocab_size() == vocab_size, tk.get_vocab_size()
+    tk.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>", "add_bos_token": False}))
 
 
 def _best(fn: Any, repeats: int) -> float:
@@ -185,9 +226,10 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = [int(t) for t in args.threads.split(",")]
     folder = random_folder(args.shape)
+    write_tokenizer(folder, SHAPES[args.shape]["vocab_size"])
     fp32, _ = load_pretrained(folder, dtype=torch.float32)
     int8 = quantize(fp32, "int8").build(fp32)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     vocab = SHAPES[args.shape]["vocab_size"]
     prompt = torch.randint(0, vocab, (1, args.prompt), generator=torch.Generator().manual_seed(1))
 
