@@ -117,8 +117,14 @@ def heldout_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int = LOSS
 
 def exact_match(model_path: Path, samples: Sequence[LineSample], device: str = "cpu") -> float:
     """The share of `samples` the language server's pipeline completes exactly with this model."""
+    hits = line_hits(model_path, samples, device)
+    return sum(hits) / len(hits) if hits else math.nan
+
+
+def line_hits(model_path: Path, samples: Sequence[LineSample], device: str = "cpu") -> list[bool]:
+    """Per line: does the language server's pipeline with this model complete it exactly?"""
     if not samples:
-        return math.nan
+        return []
     from codeassist.lsp.backends import LocalBackend
     from codeassist.lsp.settings import Settings
 
@@ -132,23 +138,26 @@ def exact_match(model_path: Path, samples: Sequence[LineSample], device: str = "
         # turn into a lower score
         settings = Settings(multiline="never", cache=False, debounce_ms=0, temperature=0.0,
                             time_budget_ms=30000)
-        hits = asyncio.run(_count_hits(backend, settings, samples))
+        return asyncio.run(_line_hits(backend, settings, samples))
     finally:
         torch.set_num_threads(threads)
-    return hits / len(samples)
 
 
 async def _count_hits(backend: object, settings: object, samples: Sequence[LineSample]) -> int:
+    return sum(await _line_hits(backend, settings, samples))
+
+
+async def _line_hits(backend: object, settings: object, samples: Sequence[LineSample]) -> list[bool]:
     from codeassist.lsp.context import build_context
     from codeassist.lsp.pipeline import Pipeline
 
     pipe = Pipeline(backend, settings)  # type: ignore[arg-type]
-    hits = 0
+    hits: list[bool] = []
     try:
         for s in samples:
             ctx = build_context(f"file:///{s.path}", s.language, s.document, s.offset)
             result = await pipe.complete(ctx, invoked=True)  # the full time budget, not the typing one
-            hits += result.text.rstrip() == s.expected.rstrip()
+            hits.append(result.text.rstrip() == s.expected.rstrip())
     finally:
         await backend.aclose()  # type: ignore[attr-defined]
     return hits

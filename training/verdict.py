@@ -7,13 +7,12 @@ paired: McNemar's exact test on the discordant lines (wrong -> right against rig
 two-sided binomial test with p = 1/2. p < 0.05: the change is beyond noise; else it is reported as
 within noise for that many lines, whatever the gate decided.
 
-`line_hits` scores each line through the gate's own pipeline call (`gate._count_hits`, one line at
-a time on one loaded model), so the figures are the gate's figures, line by line.
+Each line is scored by the gate's own `gate.line_hits` (one loaded model, the pipeline the gate
+uses), so the figures are the gate's figures, line by line.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from codeassist.model.tokenizer import TOKENIZER_NAME
 from codeassist.training.collect import SourceFile
@@ -30,9 +28,10 @@ from codeassist.training.gate import (
     GateResult,
     LineSample,
     Score,
-    _count_hits,
+    _line_hits,
     compare_per_char,
     decide,
+    line_hits,
     model_loss,
 )
 
@@ -88,46 +87,9 @@ def compare_hits(old: Sequence[bool], new: Sequence[bool]) -> Verdict:
                    gained=gained, lost=lost, p_value=mcnemar_exact_p(gained, lost))
 
 
-class _KeepOpen:
-    """The backend as `_count_hits` sees it, except that its aclose() leaves it open for the next line."""
-
-    def __init__(self, backend: Any) -> None:
-        self._backend = backend
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._backend, name)
-
-    async def aclose(self) -> None:
-        pass
-
-
-def line_hits(model_path: Path, samples: Sequence[LineSample], device: str = "cpu") -> list[bool]:
-    """Per line: does the language server's pipeline with this model complete it exactly?
-    (gate.exact_match's settings and comparison, kept line by line)"""
-    if not samples:
-        return []
-    from codeassist.lsp.backends import LocalBackend
-    from codeassist.lsp.settings import Settings
-
-    threads = torch.get_num_threads()
-    backend = LocalBackend(model=str(model_path), device=device, threads=threads)
-    backend.start()
-    try:
-        if not backend.wait_ready(timeout=600):
-            raise RuntimeError(f"the model {model_path} could not be loaded: {backend.status().reason}")
-        settings = Settings(multiline="never", cache=False, debounce_ms=0, temperature=0.0,
-                            time_budget_ms=30000)
-        return asyncio.run(_each_line(backend, settings, samples))
-    finally:
-        torch.set_num_threads(threads)
-
-
 async def _each_line(backend: Any, settings: Any, samples: Sequence[LineSample]) -> list[bool]:
-    kept = _KeepOpen(backend)
-    try:
-        return [bool(await _count_hits(kept, settings, [s])) for s in samples]
-    finally:
-        await backend.aclose()
+    """Each line's hit on one open backend (gate._line_hits)."""
+    return await _line_hits(backend, settings, samples)
 
 
 def score_lines(model_path: Path, val_tokens: np.ndarray, samples: Sequence[LineSample],
