@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-PACKAGES := cli model lsp training quantization remote
+PACKAGES := cli model lsp training quantization remote evaluation
 
 .PHONY: demo test test-deps editor-apt editor-deps lint typecheck pytest install clean image-test
 
