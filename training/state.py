@@ -101,8 +101,11 @@ def load_train_state(path: Path, model: CausalLM, opt: torch.optim.Optimizer, cf
     if saved_model != config:
         raise ResumeError("cannot resume: the checkpoint was trained with a different model shape")
     saved_cfg: dict[str, Any] = json.loads(meta["train_config"])
+    # a setting the checkpoint does not record did not exist when it was written: it ran with
+    # that setting's default (every new setting's default is the old behaviour)
+    defaults = type(cfg)().to_dict()
     changed = sorted(k for k, v in cfg.to_dict().items()
-                     if k not in _RESUMABLE_CHANGES and saved_cfg.get(k) != v)
+                     if k not in _RESUMABLE_CHANGES and saved_cfg.get(k, defaults.get(k)) != v)
     if changed:
         raise ResumeError(f"cannot resume: training settings differ from the checkpoint ({', '.join(changed)})")
     raw = json.loads(meta["state"])

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,29 @@ def test_resume_refuses_other_settings_and_other_data(tmp_path: Path) -> None:
     # steering settings may change: a longer run resumes
     state, _ = run(tmp_path, cfg=dataclasses.replace(CFG, max_iters=10), resume=True)
     assert state.step == 10
+
+
+def test_resume_reads_a_setting_the_checkpoint_predates_as_its_default(tmp_path: Path) -> None:
+    """A checkpoint written before a setting existed ran with that setting's default behaviour."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with pytest.raises(Crash):
+        run(tmp_path, crash_at=5)
+    path = tmp_path / "state.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    old_cfg = json.loads(meta["train_config"])
+    del old_cfg["replay_ratio"], old_cfg["early_stop_patience"]  # as an older codeassist wrote it
+    meta["train_config"] = json.dumps(old_cfg)
+    save_file(tensors, str(path), metadata=meta)
+    model = build_model(SMALL, seed=1)
+    other = dataclasses.replace(CFG, replay_ratio=0.5)
+    with pytest.raises(ResumeError, match=r"settings differ .*\breplay_ratio\b"):
+        load_train_state(path, model, make_optimizer(model, other), other, model.config)
+    state, _ = run(tmp_path, resume=True)
+    assert state.step == CFG.max_iters
 
 
 def test_non_finite_losses_skip_steps_and_stop_after_several(tmp_path: Path,
