@@ -1,9 +1,11 @@
-"""Errors meant for the user: the message is one sentence, printed without a traceback."""
+"""The user errors, re-exported from model/errors.py where they now live (the bottom of the layers).
+
+Kept only for importers that have not switched yet (cli/complete.py, lsp/eval_cli.py); new code
+imports `codeassist.model.errors`.
+"""
 
 from __future__ import annotations
 
+from codeassist.model.errors import CodeassistError, UserError, UserFacingError
 
-class UserError(Exception):
-    """Bad input from the user (a file, a flag, a position); exit status 2."""
-
-    exit_code = 2
+__all__ = ["CodeassistError", "UserError", "UserFacingError"]

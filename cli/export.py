@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from codeassist.cli.errors import UserError
+from codeassist.model.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

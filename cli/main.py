@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
+from codeassist.model.errors import UserFacingError
+
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "complete": ("codeassist.cli.complete", "print a completion for a file at a position"),
     "lsp": ("codeassist.lsp.cli", "run the language server (stdio or TCP)"),
@@ -40,18 +42,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules: dict[str, object] = {}
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if not (exc.name or "").startswith("codeassist"):
-                raise
-            module = None
-        if module is not None and hasattr(module, "add_arguments"):
-            module.add_arguments(p)
-            modules[name] = module
-        else:
-            p.add_argument("rest", nargs=argparse.REMAINDER)
+        module = importlib.import_module(module_name)  # light at the top: heavy imports are in run()
+        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+        modules[name] = module
     return parser, modules
 
 
@@ -64,26 +57,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    module = modules.get(args.command)
-    if module is None:
-        print(f"codeassist: '{args.command}' is not yet available in this version", file=sys.stderr)
-        return 2
-    return run_guarded(module, args)
+    return run_guarded(modules[args.command], args)
 
 
 def run_guarded(module: object, args: argparse.Namespace) -> int:
-    from codeassist.cli.errors import UserError
-
     try:
         return int(module.run(args))  # type: ignore[attr-defined]
     except KeyboardInterrupt:
         print("codeassist: interrupted", file=sys.stderr)
         return 130
-    except UserError as exc:
+    except UserFacingError as exc:
         print(f"codeassist: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:
-        if _is_user_facing(exc):
+        # the attribute: classes not yet derived from UserFacingError (training/loop.py's)
+        if getattr(exc, "user_facing", False):
             print(f"codeassist: error: {exc}", file=sys.stderr)
             return 1
         if os.environ.get("CODEASSIST_DEBUG"):
@@ -91,12 +79,6 @@ def run_guarded(module: object, args: argparse.Namespace) -> int:
         print(f"codeassist: internal error: {type(exc).__name__}: {str(exc)[:300]} "
               "(set CODEASSIST_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
-
-
-def _is_user_facing(exc: Exception) -> bool:
-    """Errors whose message is written for the user (model files, resume checks, ...)."""
-    return getattr(exc, "user_facing", False) or type(exc).__name__ in {
-        "ModelFileError", "ResumeError", "TokenizerError"}
 
 
 def _alias(command: str) -> int:

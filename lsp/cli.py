@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_host_port(value: str) -> tuple[str, int]:
-    from codeassist.cli.errors import UserError
+    from codeassist.model.errors import UserError
 
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:

@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from codeassist.lsp.framing import FrameParser, FramingError
+from codeassist.model.errors import CodeassistError
 
 log = logging.getLogger(__name__)
 
 
-class LspError(Exception):
+class LspError(CodeassistError):
+    """The server answered a request with an error."""
+
     def __init__(self, code: int, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code

@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 
 from codeassist.model.architectures import FamilyConfig, build_model, config_from_dict, family_name
 from codeassist.model.causal_lm import CausalLM
+from codeassist.model.errors import UserFacingError
 from codeassist.model.tokenizer import TOKENIZER_NAME
 
 FORMAT = "codeassist"
@@ -47,7 +48,7 @@ TOKENIZERS = (TOKENIZER_NAME, HF_TOKENIZER)
 _OWN_KEYS = ("format", "version", "family", "config", "quantization", "provenance")
 
 
-class ModelFileError(Exception):
+class ModelFileError(UserFacingError):
     """A model file is missing, truncated, foreign or unusable; str() is one sentence for the user."""
 
 

@@ -49,8 +49,6 @@ _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c
 class ExportError(ModelFileError):
     """The export cannot be done as asked (format, destination, model); str() is one sentence."""
 
-    user_facing = True
-
 
 # -- our GPT-2 as Hugging Face GPT-2 ----------------------------------------------------------------
 

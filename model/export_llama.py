@@ -57,8 +57,6 @@ SOURCE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.j
 class TokenizerExportError(ModelFileError):
     """The model's tokenizer cannot be written in the asked format; str() is one sentence."""
 
-    user_facing = True
-
 
 @dataclass(frozen=True)
 class FamilyTokenizer:

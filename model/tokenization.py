@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from codeassist.model import tokenizer as ours
+from codeassist.model.errors import UserFacingError
 from codeassist.model.fim_templates import TEMPLATES, FimTemplate, detect, get_template
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,8 @@ log = logging.getLogger(__name__)
 HF_NAME = "hf"  # the metadata name of a tokenizer.json tokenizer
 
 
-class TokenizerFileError(ValueError):
+class TokenizerFileError(UserFacingError, ValueError):
     """A tokenizer folder or model file's tokenizer cannot be used; str() is one sentence."""
-
-    user_facing = True
 
 
 class Tokenizer(ABC):

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from codeassist.cli.errors import UserError
+from codeassist.model.errors import UserError
 
 if TYPE_CHECKING:
     from codeassist.model.causal_lm import CausalLM

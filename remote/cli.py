@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from codeassist.model.errors import UserFacingError
+
 if TYPE_CHECKING:
     from codeassist.remote.settings import ServerSettings
 
 
-class ServeError(Exception):
+class ServeError(UserFacingError):
     """The server could not serve; str() is one sentence."""
-
-    user_facing = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

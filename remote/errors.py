@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
+from codeassist.model.errors import CodeassistError
 from codeassist.remote.schema import ErrorDetail, ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_f
           503: "server_unavailable", 504: "timeout_error"}
 
 
-class APIError(Exception):
+class APIError(CodeassistError):
     """Raised by routes; becomes an error response with this status, message and field."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,

@@ -6,11 +6,11 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from codeassist.model.errors import UserFacingError
 
-class SettingsError(ValueError):
+
+class SettingsError(UserFacingError, ValueError):
     """A setting the server refuses to start with; str() is one sentence."""
-
-    user_facing = True
 
 
 @dataclass(frozen=True)

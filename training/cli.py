@@ -126,7 +126,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from codeassist.cli.errors import UserError
+    from codeassist.model.errors import UserError
     from codeassist.training import finetune
     from codeassist.training.fim import FIM_RATE
 

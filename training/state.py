@@ -20,12 +20,13 @@ from safetensors import safe_open
 from codeassist.model.architectures import FamilyConfig, config_from_dict, family_name
 from codeassist.model.causal_lm import CausalLM
 from codeassist.model.checkpoint import ModelFileError, save_tensors_atomic
+from codeassist.model.errors import UserFacingError
 
 if TYPE_CHECKING:
     from codeassist.training.loop import TrainConfig
 
 
-class ResumeError(Exception):
+class ResumeError(UserFacingError):
     """A resume was asked for against a different config or data; str() is one sentence."""
 
 

@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
-from codeassist.cli.errors import UserError
 from codeassist.lsp.cli import parse_host_port
+from codeassist.model.errors import UserError
 
 
 def test_tcp_address_defaults_to_loopback() -> None:
