@@ -28,6 +28,7 @@ import torch
 
 from codeassist.model.checkpoint import ModelFileError
 from codeassist.model.config import get_preset
+from codeassist.model.errors import UserFacingError
 from codeassist.model.gpt import GPT
 from codeassist.model.store import data_dir, named_model_path, resolve_model
 from codeassist.training import ddp
@@ -45,10 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class TrainError(Exception):
+class TrainError(UserFacingError):
     """Bad input or state for a training run; str() is one sentence for the user."""
-
-    user_facing = True
 
 
 @dataclass(frozen=True)
@@ -386,7 +385,7 @@ REPORT = "report.json"  # the run's figures for scripts (benchmarks/bench_finetu
 
 def _gate_and_install(opts: FinetuneOptions, folder: Path, data: Path, out: TextIO,
                       record: dict[str, Any] | None = None) -> int:
-    from codeassist.training.gate import line_samples
+    from codeassist.evaluation.lines import line_samples
     from codeassist.training.verdict import closing_report, gate_with_verdict
 
     candidate = folder / "model.safetensors"

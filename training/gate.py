@@ -1,12 +1,13 @@
 """The quality gate: is the new model measurably better than the user's current one?
 
 Both models are scored on the held-out files of the user's own repositories:
-- held-out loss: mean next-token loss over fixed windows of the validation shard (no FIM);
+- held-out loss: mean next-token loss over fixed windows of the validation shard (no FIM),
+  evaluation.loss;
 - line exact match: a line of a held-out file is cut at a seeded position, the rest of that
-  line removed, and the completion asked for through the language server's own pipeline
-  (`lsp.pipeline.Pipeline` with the local backend: the same context window, FIM prompt, token
-  healing, stop rules and post-processing an editor gets). A hit is the suggestion equal to the
-  removed text, ignoring trailing whitespace.
+  line removed (evaluation.lines.line_samples), and the completion asked for through the language
+  server's own pipeline (evaluation.exact: the context window, prompt, token healing, stop rules
+  and post-processing an editor gets). A hit is the suggestion equal to the removed text,
+  ignoring trailing whitespace.
 
 The new model wins if its loss is lower by at least MIN_LOSS_GAIN (relative) without losing
 exact match, or its exact match is higher by at least MIN_EM_GAIN without a higher loss.
@@ -19,10 +20,7 @@ are per character of the held-out text.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from codeassist.evaluation.exact import line_hits
+from codeassist.evaluation.lines import LineSample, line_samples
+from codeassist.evaluation.loss import heldout_loss, windows
 from codeassist.model.tokenizer import TOKENIZER_NAME
 from codeassist.training.collect import SourceFile
 
@@ -41,16 +42,6 @@ MIN_LOSS_GAIN = 0.01  # 1% lower held-out loss ...
 MIN_EM_GAIN = 0.02  # ... or 2 points more lines completed exactly
 LOSS_WINDOWS = 32
 LOSS_SEQ = 512
-_COMMENT_STARTS = ("#", "//", "/*", "*", '"""', "'''", "--")
-
-
-@dataclass(frozen=True)
-class LineSample:
-    path: str
-    language: str
-    document: str  # the file with the rest of the sampled line removed
-    offset: int  # the cursor, in code points
-    expected: str  # the removed rest of the line
 
 
 @dataclass(frozen=True)
@@ -66,101 +57,6 @@ class GateResult:
     old: Score
     better: bool
     summary: str  # one sentence: the decision and by how much
-
-
-def _seed(*parts: object) -> int:
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big")
-
-
-def line_samples(files: Sequence[SourceFile], n: int, seed: int = 0) -> list[LineSample]:
-    """Up to `n` line-completion cases from `files`, the same ones for the same input."""
-    cands: list[tuple[SourceFile, int, int]] = []  # file, line start, line end (exclusive of \n)
-    for f in sorted(files, key=lambda f: f.path):
-        pos = 0
-        for line in f.text.split("\n"):
-            body = line.strip()
-            if len(body) >= 8 and not body.startswith(_COMMENT_STARTS):
-                cands.append((f, pos, pos + len(line)))
-            pos += len(line) + 1
-    rng = random.Random(seed)
-    rng.shuffle(cands)
-    out = []
-    for f, start, end in sorted(cands[:n], key=lambda c: (c[0].path, c[1])):
-        line = f.text[start:end].rstrip()
-        indent = len(line) - len(line.lstrip())
-        cut = indent + _seed(seed, f.path, start) % max(1, len(line) - indent - 4)
-        out.append(LineSample(path=f.path, language=f.language, document=f.text[:start + cut] + f.text[end:],
-                              offset=start + cut, expected=line[cut:]))
-    return out
-
-
-@torch.no_grad()
-def heldout_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int = LOSS_SEQ,
-                 windows: int = LOSS_WINDOWS) -> float:
-    """Mean token loss over up to `windows` evenly spaced, non-overlapping windows."""
-    seq = min(seq_len, len(tokens) - 1)
-    if seq < 1:
-        return math.nan
-    count = min(windows, (len(tokens) - 1) // seq)
-    stride = (len(tokens) - 1) // count
-    model.eval()
-    total, n = 0.0, 0
-    for k in range(count):
-        s = k * stride
-        x = torch.from_numpy(tokens[s:s + seq].astype(np.int64))[None]
-        y = torch.from_numpy(tokens[s + 1:s + 1 + seq].astype(np.int64))[None]
-        logits = model(x)
-        total += float(torch.nn.functional.cross_entropy(logits.float()[0], y[0], reduction="sum"))
-        n += seq
-    return total / n
-
-
-def exact_match(model_path: Path, samples: Sequence[LineSample], device: str = "cpu") -> float:
-    """The share of `samples` the language server's pipeline completes exactly with this model."""
-    hits = line_hits(model_path, samples, device)
-    return sum(hits) / len(hits) if hits else math.nan
-
-
-def line_hits(model_path: Path, samples: Sequence[LineSample], device: str = "cpu") -> list[bool]:
-    """Per line: does the language server's pipeline with this model complete it exactly?"""
-    if not samples:
-        return []
-    from codeassist.lsp.backends import LocalBackend
-    from codeassist.lsp.settings import Settings
-
-    threads = torch.get_num_threads()
-    backend = LocalBackend(model=str(model_path), device=device, threads=threads)
-    backend.start()
-    try:
-        if not backend.wait_ready(timeout=600):
-            raise RuntimeError(f"the model {model_path} could not be loaded: {backend.status().reason}")
-        # greedy, no cache (each case is a new document), and no time limit: a busy CPU must not
-        # turn into a lower score
-        settings = Settings(multiline="never", cache=False, debounce_ms=0, temperature=0.0,
-                            time_budget_ms=30000)
-        return asyncio.run(_line_hits(backend, settings, samples))
-    finally:
-        torch.set_num_threads(threads)
-
-
-async def _count_hits(backend: object, settings: object, samples: Sequence[LineSample]) -> int:
-    return sum(await _line_hits(backend, settings, samples))
-
-
-async def _line_hits(backend: object, settings: object, samples: Sequence[LineSample]) -> list[bool]:
-    from codeassist.lsp.context import build_context
-    from codeassist.lsp.pipeline import Pipeline
-
-    pipe = Pipeline(backend, settings)  # type: ignore[arg-type]
-    hits: list[bool] = []
-    try:
-        for s in samples:
-            ctx = build_context(f"file:///{s.path}", s.language, s.document, s.offset)
-            result = await pipe.complete(ctx, invoked=True)  # the full time budget, not the typing one
-            hits.append(result.text.rstrip() == s.expected.rstrip())
-    finally:
-        await backend.aclose()  # type: ignore[attr-defined]
-    return hits
 
 
 def model_tokenizer(model_path: Path) -> Tokenizer:
@@ -201,7 +97,7 @@ def model_loss(model_path: Path, val_tokens: np.ndarray, val_files: Sequence[Sou
         tokens = heldout_tokens(val_files, tokenizer)
     if len(tokens) and int(tokens.max()) >= model.config.vocab_size:
         raise ValueError(f"the held-out tokens are not in the tokenizer of {model_path}")
-    loss = heldout_loss(model, tokens, seq_len=min(LOSS_SEQ, model.config.block_size))
+    loss = heldout_loss(model, windows(tokens, min(LOSS_SEQ, model.config.block_size), LOSS_WINDOWS))
     del model
     if per_char:
         loss *= len(tokens) / max(1, sum(len(f.text) for f in val_files))
@@ -220,11 +116,14 @@ def compare_per_char(new_path: Path, old_path: Path, val_files: Sequence[SourceF
 PER_CHAR_NOTE = " (held-out loss per character: the two models have different tokenizers)"
 
 
-def score(model_path: Path, val_tokens: np.ndarray, samples: Sequence[LineSample], device: str = "cpu",
-          val_files: Sequence[SourceFile] = (), val_tokenizer: str = TOKENIZER_NAME,
-          per_char: bool = False) -> Score:
+def score_lines(model_path: Path, val_tokens: np.ndarray, samples: Sequence[LineSample],
+                device: str = "cpu", val_files: Sequence[SourceFile] = (), val_tokenizer: str = TOKENIZER_NAME,
+                per_char: bool = False) -> tuple[Score, list[bool]]:
+    """The model's Score, and its hit on each of `samples` (evaluation.exact.line_hits)."""
     loss = model_loss(model_path, val_tokens, val_files, val_tokenizer, per_char)
-    return Score(loss=loss, exact_match=exact_match(model_path, samples, device), lines=len(samples))
+    hits = line_hits(model_path, samples, device)
+    em = sum(hits) / len(hits) if hits else math.nan
+    return Score(loss=loss, exact_match=em, lines=len(hits)), hits
 
 
 def decide(new: Score, old: Score) -> tuple[bool, str]:
@@ -248,7 +147,7 @@ def run_gate(new_path: Path, old_path: Path, val_tokens: np.ndarray, val_files: 
     """`val_tokenizer`: the tokenizer identity (dataset.tokenizer_identity) of `val_tokens`."""
     samples = line_samples(val_files, lines, seed)
     per_char = compare_per_char(new_path, old_path, val_files)
-    new = score(new_path, val_tokens, samples, device, val_files, val_tokenizer, per_char)
-    old = score(old_path, val_tokens, samples, device, val_files, val_tokenizer, per_char)
+    new, _ = score_lines(new_path, val_tokens, samples, device, val_files, val_tokenizer, per_char)
+    old, _ = score_lines(old_path, val_tokens, samples, device, val_files, val_tokenizer, per_char)
     better, summary = decide(new, old)
     return GateResult(new=new, old=old, better=better, summary=summary + (PER_CHAR_NOTE if per_char else ""))

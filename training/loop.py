@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from codeassist.evaluation.loss import heldout_loss
 from codeassist.model.checkpoint import save_tensors_atomic
 from codeassist.model.config import ModelConfig
 from codeassist.model.gpt import GPT
@@ -142,19 +143,16 @@ def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
 
 
-@torch.no_grad()
 def evaluate(model: GPT, data: np.ndarray, cfg: TrainConfig, device: torch.device) -> float:
-    """Mean loss over a fixed set of validation windows (the same windows every time)."""
-    model.eval()
+    """The held-out loss (evaluation.loss) over a fixed set of validation batches (the same
+    batches every time), in the training precision."""
     gen = torch.Generator().manual_seed(cfg.seed + 7)
-    losses = []
     seq = min(cfg.seq_len, len(data) - 2)
-    for _ in range(cfg.eval_batches):
-        x, y = get_batch(data, cfg.batch_size, seq, gen)
-        with _autocast(device, cfg.autocast_bf16):
-            losses.append(model.loss(x.to(device), y.to(device)).item())
+    batches = [get_batch(data, cfg.batch_size, seq, gen) for _ in range(cfg.eval_batches)]
+    with _autocast(device, cfg.autocast_bf16):
+        loss = heldout_loss(model, batches, device)
     model.train()
-    return float(np.mean(losses))
+    return loss
 
 
 def _autocast(device: torch.device, enabled: bool) -> torch.autocast:

@@ -7,8 +7,8 @@ paired: McNemar's exact test on the discordant lines (wrong -> right against rig
 two-sided binomial test with p = 1/2. p < 0.05: the change is beyond noise; else it is reported as
 within noise for that many lines, whatever the gate decided.
 
-Each line is scored by the gate's own `gate.line_hits` (one loaded model, the pipeline the gate
-uses), so the figures are the gate's figures, line by line.
+Each line is scored by the gate's own scorer (gate.score_lines: evaluation.exact.line_hits, one
+loaded model, the editor's pipeline), so the figures are the gate's figures, line by line.
 """
 
 from __future__ import annotations
@@ -17,23 +17,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from codeassist.evaluation.lines import LineSample
 from codeassist.model.tokenizer import TOKENIZER_NAME
 from codeassist.training.collect import SourceFile
-from codeassist.training.gate import (
-    PER_CHAR_NOTE,
-    GateResult,
-    LineSample,
-    Score,
-    _line_hits,
-    compare_per_char,
-    decide,
-    line_hits,
-    model_loss,
-)
+from codeassist.training.gate import PER_CHAR_NOTE, GateResult, compare_per_char, decide, score_lines
 
 SIGNIFICANCE = 0.05
 
@@ -85,21 +75,6 @@ def compare_hits(old: Sequence[bool], new: Sequence[bool]) -> Verdict:
     lost = sum(1 for a, b in zip(old, new, strict=True) if a and not b)
     return Verdict(lines=len(old), old_hits=sum(map(bool, old)), new_hits=sum(map(bool, new)),
                    gained=gained, lost=lost, p_value=mcnemar_exact_p(gained, lost))
-
-
-async def _each_line(backend: Any, settings: Any, samples: Sequence[LineSample]) -> list[bool]:
-    """Each line's hit on one open backend (gate._line_hits)."""
-    return await _line_hits(backend, settings, samples)
-
-
-def score_lines(model_path: Path, val_tokens: np.ndarray, samples: Sequence[LineSample],
-                device: str = "cpu", val_files: Sequence[SourceFile] = (), val_tokenizer: str = TOKENIZER_NAME,
-                per_char: bool = False) -> tuple[Score, list[bool]]:
-    """gate.score, with the per-line hits kept (each model in its own tokenizer: gate.model_loss)."""
-    loss = model_loss(model_path, val_tokens, val_files, val_tokenizer, per_char)
-    hits = line_hits(model_path, samples, device)
-    em = sum(hits) / len(hits) if hits else math.nan
-    return Score(loss=loss, exact_match=em, lines=len(hits)), hits
 
 
 def gate_with_verdict(new_path: Path, old_path: Path, val_tokens: np.ndarray, samples: Sequence[LineSample],

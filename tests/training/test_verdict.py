@@ -60,27 +60,3 @@ def test_a_loss_beyond_noise_is_called_worse() -> None:
 def test_the_lines_must_be_the_same() -> None:
     with pytest.raises(ValueError):
         compare_hits([True], [True, False])
-
-
-def test_line_hits_are_the_gates_hits_line_by_line_on_one_open_backend() -> None:
-    import asyncio
-
-    from codeassist.lsp.settings import Settings
-    from codeassist.training.gate import line_samples
-    from codeassist.training.verdict import _each_line
-
-    from .test_gate import VAL, _EchoBackend
-
-    class Closing(_EchoBackend):
-        closed = 0
-
-        async def aclose(self) -> None:
-            self.closed += 1
-
-    samples = line_samples(VAL, 6, seed=3)
-    right = {1, 2, 5}
-    backend = Closing({s.document[:s.offset][-40:]: s.expected for i, s in enumerate(samples) if i in right})
-    settings = Settings(multiline="never", cache=False, debounce_ms=0, temperature=0.0, time_budget_ms=30000)
-    hits = asyncio.run(_each_line(backend, settings, samples))
-    assert hits == [i in right for i in range(len(samples))]
-    assert backend.closed == 1  # kept open between lines, closed once at the end
