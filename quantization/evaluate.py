@@ -1,84 +1,18 @@
-"""What the report measures: held-out perplexity, line-completion exact match, prefill and decode speed.
+"""What the report times: prefill and decode speed, through Engine.generate (the path the editor
+uses), so a kernel that drifts shows up here.
 
-Every measurement runs the model as it serves: through the loaded file and the Engine (speed and
-exact match) or the same modules (perplexity), so a kernel that drifts shows up here.
+Its quality figures come from codeassist.evaluation: held-out perplexity (evaluation.loss) and
+line exact match through the editor's own pipeline (evaluation.exact, the gate's scorer), each
+on the variant's model file as users load it.
 """
 
 from __future__ import annotations
 
-import math
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-from torch.nn import functional as F
-
-from codeassist.model.causal_lm import CausalLM
-from codeassist.model.completion import complete
 from codeassist.model.engine import Engine, GenerationRequest, StopRules
-from codeassist.training.shards import Document
-
-PREFIX_CHARS = 1200  # context before the cursor for exact match (keeps prefill cost bounded)
-SUFFIX_CHARS = 400
-
-
-@torch.inference_mode()
-def perplexity(model: CausalLM, tokens: Sequence[int], seq_len: int) -> float:
-    """exp(mean next-token loss) over non-overlapping windows of `seq_len` + 1 tokens."""
-    seq_len = min(seq_len, model.config.block_size)
-    data = torch.tensor(list(tokens), dtype=torch.long)
-    total, count = 0.0, 0
-    for start in range(0, len(data) - 1, seq_len):
-        window = data[start:start + seq_len + 1]
-        if len(window) < 2:
-            break
-        x, y = window[:-1].unsqueeze(0), window[1:]
-        logits = model(x)[0].float()  # (T, vocab)
-        total += float(F.cross_entropy(logits, y, reduction="sum"))
-        count += len(y)
-    return math.exp(total / max(1, count))
-
-
-@dataclass(frozen=True)
-class LineCase:
-    prefix: str  # text before the cursor, which sits inside a line
-    suffix: str  # text after that line
-    target: str  # the rest of the line: what an exact completion inserts
-
-
-def line_cases(docs: Sequence[Document], n: int, seed: int = 0) -> list[LineCase]:
-    """Cursor positions inside code lines of held-out files, reproducible by seed."""
-    rng = random.Random(seed)
-    candidates: list[tuple[int, int]] = []  # (doc, line number)
-    lines_of = [d.text.split("\n") for d in docs]
-    for di, lines in enumerate(lines_of):
-        for li, line in enumerate(lines):
-            body = line.strip()
-            if li >= 3 and len(body) >= 12 and not body.startswith("#"):
-                candidates.append((di, li))
-    cases: list[LineCase] = []
-    for di, li in rng.sample(candidates, min(n, len(candidates))):
-        lines = lines_of[di]
-        line = lines[li]
-        indent = len(line) - len(line.lstrip())
-        cut = indent + rng.randrange(len(line.strip()) // 3, 2 * len(line.strip()) // 3)
-        before = "\n".join(lines[:li]) + "\n" + line[:cut]
-        after = "\n" + "\n".join(lines[li + 1:])
-        cases.append(LineCase(prefix=before[-PREFIX_CHARS:], suffix=after[:SUFFIX_CHARS],
-                              target=line[cut:].rstrip()))
-    return cases
-
-
-def exact_match(engine: Engine, cases: Sequence[LineCase], max_new_tokens: int = 32) -> float:
-    """Share of cases whose greedy completion, up to the end of the line, is the original text."""
-    hits = 0
-    for case in cases:
-        text, _ = complete(engine, case.prefix, case.suffix, max_new_tokens=max_new_tokens,
-                           temperature=0.0, stop=("\n",))
-        hits += text.rstrip() == case.target
-    return hits / max(1, len(cases))
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,15 @@ from pathlib import Path
 
 import torch
 
+from codeassist.evaluation.exact import exact_match
+from codeassist.evaluation.lines import HeldOutFile, line_samples
+from codeassist.evaluation.loss import perplexity
 from codeassist.model.checkpoint import load_model, save_model
 from codeassist.model.config import get_preset
 from codeassist.model.engine import Engine
 from codeassist.model.gpt import GPT
 from codeassist.quantization.calibration import calibration_samples, stdlib_splits, token_stream
-from codeassist.quantization.evaluate import exact_match, line_cases, measure_speed, perplexity
+from codeassist.quantization.evaluate import measure_speed
 from codeassist.quantization.gptq import GPTQConfig
 from codeassist.quantization.quantize import quantize
 from codeassist.training.shards import Document
@@ -91,7 +94,7 @@ def quality_report(model: GPT, cfg: ReportConfig, calib_docs: list[Document] | N
     model = model.float().eval()
     train, val = stdlib_splits()
     eval_ids = token_stream(val, cfg.eval_tokens + 1, fim_rate=0.0, seed=cfg.seed, shuffle=False)
-    cases = line_cases(val, cfg.em_samples, seed=cfg.seed)
+    samples = line_samples([HeldOutFile(d.path, "python", d.text) for d in val], cfg.em_samples, cfg.seed)
     docs = calib_docs if calib_docs is not None else train
     calib = calibration_samples(docs, cfg.calib_samples, min(cfg.calib_seq_len, model.config.block_size),
                                 seed=cfg.seed)
@@ -103,7 +106,7 @@ def quality_report(model: GPT, cfg: ReportConfig, calib_docs: list[Document] | N
             loaded, _ = load_model(path)
             engine = Engine(loaded, torch.device("cpu"), dtype)
             ppl = perplexity(engine.model, eval_ids, model.config.block_size)
-            em = exact_match(engine, cases)
+            em = exact_match(path, samples)  # the file through the editor's pipeline, loaded as it loads it
             rows.append(Row(name, path.stat().st_size, 0.0, 0.0, ppl, em, seconds))
             engines.append(engine)
             progress(f"{name}: perplexity {ppl:.3f}, exact match {100 * em:.1f}%")
