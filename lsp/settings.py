@@ -1,50 +1,53 @@
 """Settings from initializationOptions and `workspace/didChangeConfiguration` (section `codeassist`).
 
-Parsed once into a frozen dataclass. A wrong value keeps its default and yields one warning
-sentence naming the key; it never stops the server.
+Parsed once into a frozen dataclass, by cattrs (it comes with lsprotocol): the dataclass is the
+schema. A field's wire key is its name in camelCase (`max_tokens` is `maxTokens`) unless its
+metadata names another (`context.maxPromptTokens`); its type says what is valid (strict JSON
+types, `OneOf` choices, `Between` ranges, from remote/settings.py). A wrong value keeps its
+default (or the value it had) and yields one warning sentence naming the key; it never stops the
+server. Unknown keys are ignored: newer clients may send more. Both `{"remote": {"url": ...}}`
+and `{"remote.url": ...}` are read.
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: cattrs reads the Annotated constraints at run time
 import fnmatch
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
-from codeassist.model.fim_templates import TEMPLATE_NAMES
+import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
+from codeassist.remote.settings import Between, OneOf, RemoteSettings
 
-@dataclass(frozen=True)
-class RemoteConfig:
-    url: str = ""
-    api: str = "codeassist"  # codeassist | openai | llamacpp | ollama
-    api_key: str | None = None
-    model: str | None = None
-    timeout_ms: int = 2000
-    fallback_local: bool = False  # answer with the in-process model while the server is unreachable
-    # the FIM template of the openai dialect (and ollama's stops; named, ollama's raw prompt): auto is
-    # the family the model's name says, else none (prompt + OpenAI `suffix` field); model/fim_templates.py
-    template: str = "auto"
+__all__ = ["SETTING_CHOICES", "SETTING_KEYS", "RemoteConfig", "RemoteSettings", "Settings", "parse_settings"]
+
+RemoteConfig = RemoteSettings  # the old name, for lsp/backends.py until it imports RemoteSettings
 
 
 @dataclass(frozen=True)
 class Settings:
-    backend: str = "local"  # local | remote
+    backend: Annotated[str, OneOf(("local", "remote"))] = "local"
     model: str = "default"
     device: str = "auto"
-    remote: RemoteConfig = field(default_factory=RemoteConfig)
-    max_tokens: int = 48  # per suggestion; LINE mode stops at the newline well before this
-    temperature: float = 0.0
-    debounce_ms: int = 0  # the newest request supersedes older ones, so no wait is needed
-    multiline: str = "auto"  # auto | always | never
+    remote: RemoteSettings = field(default_factory=RemoteSettings)
+    max_tokens: Annotated[int, Between(1, 512)] = 48  # per suggestion; LINE mode stops at the newline
+    temperature: Annotated[float, Between(0.0, 2.0)] = 0.0
+    debounce_ms: Annotated[int, Between(0, 2000)] = 0  # the newest request supersedes older ones
+    multiline: Annotated[str, OneOf(("auto", "always", "never"))] = "auto"
     languages: tuple[str, ...] = ()  # empty: every language
     exclude: tuple[str, ...] = ()  # globs over the document path
-    max_prompt_tokens: int = 896  # about 700 prefix + a few hundred suffix, as in training
-    open_files: int = 4  # other open files of the same language offered as snippets
-    time_budget_ms: int = 1500  # a suggestion later than this is no longer useful
+    # about 700 prefix + a few hundred suffix, as in training
+    max_prompt_tokens: Annotated[int, Between(16, 8192)] = field(
+        default=896, metadata={"key": "context.maxPromptTokens"})
+    # other open files of the same language offered as snippets
+    open_files: Annotated[int, Between(0, 32)] = field(default=4, metadata={"key": "context.openFiles"})
+    time_budget_ms: Annotated[int, Between(50, 30000)] = 1500  # a later suggestion is no longer useful
     cache: bool = True  # benchmarks switch these two off to measure what they save
     prefix_reuse: bool = True
     copy: bool = True  # copy-aware decoding: continuations found in the document and the workspace
-    repository: bool = True  # index the workspace folders (candidates for copying, retrieved snippets)
+    # index the workspace folders (candidates for copying, retrieved snippets)
+    repository: bool = field(default=True, metadata={"key": "context.repository"})
 
     def is_enabled_for(self, language: str, path: str) -> bool:
         return self.disabled_reason(language, path) is None
@@ -58,85 +61,148 @@ class Settings:
         return None
 
 
-_CHOICES = {"backend": ("local", "remote"), "multiline": ("auto", "always", "never"),
-            "remote.api": ("codeassist", "openai", "llamacpp", "ollama"), "remote.template": TEMPLATE_NAMES,
-            "device": None}
-_KEYS: dict[str, tuple[str, type]] = {
-    "backend": ("backend", str), "model": ("model", str), "device": ("device", str),
-    "maxTokens": ("max_tokens", int), "temperature": ("temperature", float),
-    "debounceMs": ("debounce_ms", int), "multiline": ("multiline", str),
-    "languages": ("languages", tuple), "exclude": ("exclude", tuple),
-    "context.maxPromptTokens": ("max_prompt_tokens", int), "context.openFiles": ("open_files", int),
-    "timeBudgetMs": ("time_budget_ms", int), "cache": ("cache", bool), "prefixReuse": ("prefix_reuse", bool),
-    "copy": ("copy", bool), "context.repository": ("repository", bool),
-}
-_REMOTE_KEYS: dict[str, tuple[str, type]] = {
-    "remote.url": ("url", str), "remote.api": ("api", str), "remote.apiKey": ("api_key", str),
-    "remote.model": ("model", str), "remote.timeoutMs": ("timeout_ms", int),
-    "remote.fallbackLocal": ("fallback_local", bool), "remote.template": ("template", str),
-}
-_RANGES = {"max_tokens": (1, 512), "temperature": (0.0, 2.0), "debounce_ms": (0, 2000),
-           "max_prompt_tokens": (16, 8192), "open_files": (0, 32), "time_budget_ms": (50, 30000),
-           "timeout_ms": (50, 60000)}
+def _wire_key(f: Any) -> str:
+    head, *rest = f.name.split("_")
+    return str(f.metadata.get("key", head + "".join(w.title() for w in rest)))
+
+
+def _wire_keys(cls: type) -> dict[str, str]:
+    return {f.name: _wire_key(f) for f in fields(cls)}
+
+
+def _constraints(kind: Any) -> tuple[Any, ...]:
+    return get_args(kind)[1:] if get_origin(kind) is Annotated else ()
+
+
+def _strict(kind: type) -> Callable[[Any, Any], Any]:
+    """JSON as it came: no "5" for 5, no true for 1 (cattrs would convert both)."""
+    accepted = (int, float) if kind is float else (kind,)
+
+    def structure(value: Any, _: Any) -> Any:
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, accepted):
+            raise TypeError(f"expected {kind.__name__}")
+        return kind(value)
+    return structure
+
+
+def _strings(value: Any, _: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(x, str) for x in value):
+        raise TypeError("expected a list of strings")
+    return tuple(value)
+
+
+def _constrained(kind: Any) -> Callable[[Any, Any], Any]:
+    inner = get_args(kind)[0]
+    structure_inner = _converter.get_structure_hook(inner)
+
+    def structure(value: Any, _: Any) -> Any:
+        parsed = structure_inner(value, inner)
+        for c in _constraints(kind):
+            if (isinstance(c, OneOf) and parsed not in c.choices) or (
+                    isinstance(c, Between) and not c.low <= parsed <= c.high):
+                raise ValueError(f"{parsed!r} is not allowed")
+        return parsed
+    return structure
+
+
+_converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
+for _kind in (int, float, bool, str):
+    _converter.register_structure_hook(_kind, _strict(_kind))
+_converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _strings)
+_converter.register_structure_hook_factory(lambda t: bool(_constraints(t)), _constrained)
+
+
+def _object(structure: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """cattrs reads a mapping by `key in value`, which a string also answers: refuse non-objects."""
+    def checked(value: Any, kind: Any) -> Any:
+        if not isinstance(value, dict):
+            raise TypeError("expected an object")
+        return structure(value, kind)
+    return checked
+
+
+for _cls in (RemoteSettings, Settings):
+    _renames: dict[str, Any] = {name: override(rename=key) for name, key in _wire_keys(_cls).items()}
+    _converter.register_structure_hook(_cls, _object(make_dict_structure_fn(_cls, _converter, **_renames)))
+    _converter.register_unstructure_hook(_cls, make_dict_unstructure_fn(_cls, _converter, **_renames))
+
+
+def _all_keys() -> dict[str, Any]:
+    """Every dotted key the server reads, with its type."""
+    keys: dict[str, Any] = {}
+    remote_types = get_type_hints(RemoteSettings, include_extras=True)
+    for f in fields(Settings):
+        if f.name == "remote":
+            keys |= {f"remote.{_wire_key(r)}": remote_types[r.name] for r in fields(RemoteSettings)}
+        else:
+            keys[_wire_key(f)] = get_type_hints(Settings, include_extras=True)[f.name]
+    return keys
+
+
+_TYPES = _all_keys()
+SETTING_KEYS = tuple(_TYPES)
+SETTING_CHOICES = {key: c.choices for key, kind in _TYPES.items() for c in _constraints(kind) if isinstance(c, OneOf)}
 
 
 def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, list[str]]:
-    """(settings, warnings). `raw` is the `codeassist` object, or a dict holding one."""
+    """(settings, warnings). `raw` is the `codeassist` object, or a dict holding one; keys it lacks
+    keep their value in `base`."""
     settings = base or Settings()
-    warnings: list[str] = []
     if raw is None:
-        return settings, warnings
+        return settings, []
     if not isinstance(raw, dict):
         return settings, ["codeassist settings must be an object; defaults are used"]
     if isinstance(raw.get("codeassist"), dict):
         raw = raw["codeassist"]
-    flat = _flatten(raw)
-    top: dict[str, Any] = {}
-    remote: dict[str, Any] = {}
-    for key, value in flat.items():
-        spec, target = (_KEYS.get(key), top) if key in _KEYS else (_REMOTE_KEYS.get(key), remote)
-        if spec is None:
-            continue  # unknown keys are ignored: newer clients may send more
-        name, kind = spec
-        parsed = _coerce(value, kind)
-        choices = _CHOICES.get(key)
-        if parsed is None or (choices and parsed not in choices) or not _in_range(name, parsed):
-            use = f" (use {', '.join(choices)})" if choices else ""
-            warnings.append(f"codeassist.{key} has an invalid value {value!r}{use}; the default is kept")
-            continue
-        target[name] = parsed
-    if remote:
-        top["remote"] = replace(settings.remote, **remote)
-    return replace(settings, **top), warnings
+    wire = _converter.unstructure(settings)
+    given = _nest_remote(_flatten_context(raw))
+    merged = wire | {k: v for k, v in given.items() if k != "remote"}
+    if "remote" in given:
+        remote = given["remote"]
+        merged["remote"] = wire["remote"] | remote if isinstance(remote, dict) else remote
+    try:
+        return _converter.structure(merged, Settings), []
+    except cattrs.ClassValidationError as exc:
+        warnings = []
+        for path in _failed_keys(exc):
+            *parent, key = path
+            given_value = merged["remote"][key] if parent else merged[key]
+            use = f" (use {', '.join(SETTING_CHOICES[_dotted(path)])})" if _dotted(path) in SETTING_CHOICES else ""
+            warnings.append(f"codeassist.{_dotted(path)} has an invalid value {given_value!r}{use}; "
+                            "the default is kept")
+            if parent:
+                merged["remote"][key] = wire["remote"][key]
+            else:
+                merged[key] = wire[key]
+        return _converter.structure(merged, Settings), warnings
 
 
-def _flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in raw.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k in ("remote", "context"):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
+def _dotted(path: tuple[str, ...]) -> str:
+    return ".".join(path)
+
+
+def _flatten_context(raw: dict[str, Any]) -> dict[str, Any]:
+    context = raw.get("context")
+    if not isinstance(context, dict):
+        return raw
+    return {k: v for k, v in raw.items() if k != "context"} | {f"context.{k}": v for k, v in context.items()}
+
+
+def _nest_remote(raw: dict[str, Any]) -> dict[str, Any]:
+    dotted = {k.removeprefix("remote."): v for k, v in raw.items() if k.startswith("remote.")}
+    out = {k: v for k, v in raw.items() if not k.startswith("remote.")}
+    if dotted:
+        out["remote"] = (out["remote"] if isinstance(out.get("remote"), dict) else {}) | dotted
     return out
 
 
-def _coerce(value: Any, kind: type) -> Any:
-    if kind is bool:
-        return value if isinstance(value, bool) else None
-    if kind is int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
-    if kind is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        return float(value) if ok else None
-    if kind is str:
-        return value if isinstance(value, str) else None
-    if kind is tuple:
-        ok = isinstance(value, list | tuple) and all(isinstance(x, str) for x in value)
-        return tuple(value) if ok else None
-    return None
-
-
-def _in_range(name: str, value: Any) -> bool:
-    bounds = _RANGES.get(name)
-    return bounds is None or bounds[0] <= value <= bounds[1]
+def _failed_keys(exc: cattrs.ClassValidationError, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """The wire path of every value cattrs refused, from the notes it attaches to each error."""
+    for sub in exc.exceptions:
+        note = next(n for n in getattr(sub, "__notes__", ()) if isinstance(n, cattrs.AttributeValidationNote))
+        cls = RemoteSettings if prefix else Settings
+        path = (*prefix, _wire_keys(cls)[note.name])
+        if isinstance(sub, cattrs.ClassValidationError) and note.name == "remote":
+            yield from _failed_keys(sub, path)
+        else:
+            yield path

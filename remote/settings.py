@@ -1,12 +1,51 @@
-"""The team server's settings: one frozen dataclass, every limit on by default."""
+"""Settings of the remote side: the team server's (one frozen dataclass, every limit on by
+default), and the one `RemoteSettings` type that says how to reach a completion server, which the
+editor's settings carry (lsp/settings.py parses them) and the HTTP client reads (remote/client.py).
 
-from __future__ import annotations
+A setting's type carries its constraint (`Annotated[int, Between(50, 60000)]`, `OneOf(...)`), so
+the parser of the editor's settings checks what the type says instead of a list of its own.
+"""
 
+# no `from __future__ import annotations`: cattrs reads the Annotated constraints at run time
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 from codeassist.model.errors import UserFacingError
+from codeassist.model.fim_templates import TEMPLATE_NAMES
+
+APIS = ("codeassist", "openai", "llamacpp", "ollama")
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """A string setting's allowed values."""
+
+    choices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Between:
+    """A number setting's inclusive range."""
+
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    """How to reach a completion server: ours, an OpenAI-compatible one, llama.cpp or Ollama."""
+
+    url: str = ""
+    api: Annotated[str, OneOf(APIS)] = "codeassist"
+    api_key: str | None = field(default=None, repr=False)  # a Bearer token: never logged
+    model: str | None = None
+    timeout_ms: Annotated[int, Between(50, 60000)] = 2000
+    # the FIM template of the openai dialect (and ollama's stops; named, ollama's raw prompt): auto is
+    # the family the model's name says, else none (prompt + OpenAI `suffix` field); model/fim_templates.py
+    template: Annotated[str, OneOf(TEMPLATE_NAMES)] = "auto"
+    fallback_local: bool = False  # the language server answers with its in-process model while unreachable
 
 
 class SettingsError(UserFacingError, ValueError):

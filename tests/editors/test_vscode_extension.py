@@ -10,7 +10,7 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-from codeassist.lsp.settings import _KEYS, _REMOTE_KEYS
+from codeassist.lsp.settings import SETTING_KEYS
 
 from .paths import EXTENSION, npm
 
@@ -42,7 +42,7 @@ def test_vsix_holds_the_bundle_and_the_contract_settings(vsix: Path) -> None:
     # vscode-languageclient is bundled, and its inline completion feature with it
     assert "textDocument/inlineCompletion" in bundle
     contributed = set(manifest["contributes"]["configuration"]["properties"])
-    server_keys = set(_KEYS) | set(_REMOTE_KEYS)
+    server_keys = set(SETTING_KEYS)
     missing = {k for k in server_keys - NOT_CONTRIBUTED if f"codeassist.{k}" not in contributed}
     assert not missing, f"server settings without a VS Code setting: {sorted(missing)}"
     assert "codeassist.remote.apiKey" not in contributed  # the key lives in SecretStorage

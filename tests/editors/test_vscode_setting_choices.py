@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from codeassist.lsp.settings import _CHOICES
+from codeassist.lsp.settings import SETTING_CHOICES
 
 from .paths import EXTENSION
 
@@ -13,7 +13,7 @@ from .paths import EXTENSION
 def test_enums_match_the_server(key: str) -> None:
     properties = json.loads((EXTENSION / "package.json").read_text())["contributes"]["configuration"]["properties"]
     entry = properties[f"codeassist.{key}"]
-    assert tuple(entry["enum"]) == _CHOICES[key]
+    assert tuple(entry["enum"]) == SETTING_CHOICES[key]
     assert entry["default"] in entry["enum"]
     if "enumDescriptions" in entry:
         assert len(entry["enumDescriptions"]) == len(entry["enum"])

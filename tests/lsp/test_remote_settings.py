@@ -7,7 +7,8 @@ import httpx
 
 from codeassist.lsp.backends import CompletionRequest, RemoteBackend
 from codeassist.lsp.prompt import Prompt
-from codeassist.lsp.settings import RemoteConfig, Settings, parse_settings
+from codeassist.lsp.settings import Settings, parse_settings
+from codeassist.remote.settings import RemoteSettings
 
 
 def test_template_and_ollama_are_parsed() -> None:
@@ -38,7 +39,7 @@ async def test_the_backend_hands_the_template_to_the_client() -> None:
         seen.append(json.loads(request.content))
         return httpx.Response(200, json={"choices": [{"text": "x<file_sep>y"}]})
 
-    config = RemoteConfig(url="http://127.0.0.1:9", api="openai", model="anything", template="starcoder")
+    config = RemoteSettings(url="http://127.0.0.1:9", api="openai", model="anything", template="starcoder")
     backend = RemoteBackend(config, transport=httpx.MockTransport(handler))
     request = CompletionRequest(Prompt(ids=(1,), forced="", prefix="a = ", suffix="\n", fim=True), max_tokens=4)
     result = await backend.complete(request)
@@ -51,7 +52,7 @@ async def test_the_template_auto_picked_is_logged(caplog) -> None:  # type: igno
     import logging
 
     caplog.set_level(logging.INFO, logger="codeassist.lsp.backends")
-    backend = RemoteBackend(RemoteConfig(url="http://127.0.0.1:9", api="openai", model="deepseek-coder-1.3b"),
+    backend = RemoteBackend(RemoteSettings(url="http://127.0.0.1:9", api="openai", model="deepseek-coder-1.3b"),
                             transport=httpx.MockTransport(lambda r: httpx.Response(200, json={"choices": [{"text": ""}]})))
     request = CompletionRequest(Prompt(ids=(1,), forced="", prefix="a", suffix="", fim=False), max_tokens=1)
     await backend.complete(request)

@@ -26,3 +26,58 @@ def test_not_an_object() -> None:
     s, warnings = parse_settings(["x"])
     assert s == Settings() and len(warnings) == 1
     assert parse_settings(None) == (Settings(), [])
+
+
+def test_the_keys_the_server_reads() -> None:
+    """The contract's names (ARCHITECTURE.md), derived from the dataclasses, as the extension reads them."""
+    from codeassist.lsp.settings import SETTING_CHOICES, SETTING_KEYS
+
+    assert set(SETTING_KEYS) == {
+        "backend", "model", "device", "maxTokens", "temperature", "debounceMs", "multiline", "languages", "exclude",
+        "context.maxPromptTokens", "context.openFiles", "context.repository", "timeBudgetMs", "cache", "prefixReuse",
+        "copy", "remote.url", "remote.api", "remote.apiKey", "remote.model", "remote.timeoutMs",
+        "remote.fallbackLocal", "remote.template"}
+    assert SETTING_CHOICES["backend"] == ("local", "remote")
+    assert SETTING_CHOICES["multiline"] == ("auto", "always", "never")
+    assert "device" not in SETTING_CHOICES
+
+
+def test_types_are_strict_and_ranges_inclusive() -> None:
+    """JSON as sent: a string is not a number, a number not a bool, a string not a list."""
+    bad = {"maxTokens": "5", "debounceMs": 1.5, "cache": 1, "model": 3, "languages": "python",
+           "exclude": ["*.md", 3], "timeBudgetMs": 49, "context": {"openFiles": 33}}
+    s, warnings = parse_settings(bad)
+    assert s == Settings() and len(warnings) == len(bad)
+    assert "codeassist.context.openFiles has an invalid value 33; the default is kept" in warnings
+    s, warnings = parse_settings({"maxTokens": 512, "temperature": 2, "debounceMs": 0, "timeBudgetMs": 50,
+                                  "cache": False, "languages": ["go"], "context": {"openFiles": 0}})
+    assert warnings == []
+    assert (s.max_tokens, s.temperature, s.debounce_ms, s.time_budget_ms, s.cache, s.languages, s.open_files) == (
+        512, 2.0, 0, 50, False, ("go",), 0)
+    assert isinstance(s.temperature, float)
+
+
+def test_a_change_keeps_the_values_it_does_not_name() -> None:
+    base, _ = parse_settings({"maxTokens": 10, "remote": {"url": "http://127.0.0.1:1", "apiKey": "k"}})
+    s, warnings = parse_settings({"temperature": 0.5, "remote": {"timeoutMs": 900}, "maxTokens": 0}, base)
+    assert len(warnings) == 1 and "maxTokens" in warnings[0]
+    assert (s.max_tokens, s.temperature) == (10, 0.5)  # an invalid value keeps what it had
+    assert (s.remote.url, s.remote.api_key, s.remote.timeout_ms) == ("http://127.0.0.1:1", "k", 900)
+
+
+def test_dotted_and_nested_keys_are_the_same_setting() -> None:
+    dotted, w1 = parse_settings({"remote.url": "http://a", "context.openFiles": 2, "remote": {"model": "m"}})
+    nested, w2 = parse_settings({"remote": {"url": "http://a", "model": "m"}, "context": {"openFiles": 2}})
+    assert w1 == w2 == [] and dotted == nested
+    assert (dotted.remote.url, dotted.remote.model, dotted.open_files) == ("http://a", "m", 2)
+
+
+def test_a_remote_that_is_not_an_object_keeps_its_default() -> None:
+    s, warnings = parse_settings({"remote": "http://a", "maxTokens": 7})
+    assert s.remote == Settings().remote and s.max_tokens == 7
+    assert warnings == ["codeassist.remote has an invalid value 'http://a'; the default is kept"]
+
+
+def test_the_api_key_stays_out_of_the_settings_repr() -> None:
+    s, _ = parse_settings({"remote": {"apiKey": "k-secret-123"}})
+    assert s.remote.api_key == "k-secret-123" and "k-secret-123" not in repr(s)
