@@ -16,11 +16,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from codeassist.lsp.prompt import Prompt
 from codeassist.lsp.settings import RemoteConfig
+from codeassist.model.prompting import Prompt, strip_forced
+from codeassist.model.stop_policy import StopPolicy
 
 if TYPE_CHECKING:
     from codeassist.model.engine import Engine
@@ -34,7 +35,7 @@ class CompletionRequest:
     prompt: Prompt
     max_tokens: int
     temperature: float = 0.0
-    stop: tuple[str, ...] = ()  # decided while decoding; never matched inside prompt.forced
+    stop: StopPolicy = field(default_factory=StopPolicy)  # decided while decoding; never inside prompt.forced
     time_budget_s: float | None = None
     reuse_prefix: bool = True
     copy: tuple[str, ...] = ()  # copy candidates (begin with prompt.forced); the model decides
@@ -75,11 +76,6 @@ class Backend(Protocol):
         """Cancelling the awaiting task stops the work (within one decode step locally)."""
 
     async def aclose(self) -> None: ...
-
-
-def strip_forced(text: str, forced: str) -> str:
-    """The text after the healed part; empty when the model did not spell it out."""
-    return text[len(forced):] if text.startswith(forced) else ""
 
 
 class LocalBackend:
@@ -169,9 +165,9 @@ class LocalBackend:
             engine.reset_prefix()  # benchmarks: measure what KV prefix reuse saves
         prompt = request.prompt
         req = GenerationRequest(
-            prompt=prompt.ids, forced_prefix=prompt.forced.encode("utf-8"),
+            prompt=prompt.ids, forced_prefix=prompt.forced_prefix,
             sampling=SamplingParams(temperature=request.temperature),
-            stop=StopRules(max_new_tokens=request.max_tokens, stop_strings=request.stop,
+            stop=StopRules(max_new_tokens=request.max_tokens, stop_strings=request.stop.strings,
                            time_budget_s=request.time_budget_s),
             copy=CopyParams(candidates=request.copy))
         result = engine.generate(req, cancel)
@@ -281,9 +277,10 @@ class RemoteBackend:
         prompt = request.prompt
         try:
             client = self._get_client()
+            # what the builder made: the context and prefix text, and the healed part for our server
             text = await client.complete(
-                prompt.prefix, prompt.suffix, max_tokens=request.max_tokens,
-                temperature=request.temperature, stop=list(request.stop))
+                prompt.text_prefix, prompt.suffix, max_tokens=request.max_tokens,
+                temperature=request.temperature, stop=list(request.stop.strings), healed=prompt.forced)
         except RemoteError as exc:
             self._last_error = str(exc)
             if self.fallback is not None:

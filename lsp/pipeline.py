@@ -10,18 +10,20 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from codeassist.lsp.backends import Backend, BackendResult, CompletionRequest, strip_forced
+from codeassist.lsp.backends import Backend, BackendResult, CompletionRequest
 from codeassist.lsp.cache import CompletionCache
 from codeassist.lsp.context import CompletionContext, Mode, completion_mode
 from codeassist.lsp.postprocess import postprocess
-from codeassist.lsp.prompt import TAIL_TOKENS, Prompt, build_prompt
+from codeassist.lsp.prompt import prompt_for
 from codeassist.lsp.settings import Settings
 from codeassist.lsp.workspace import WorkspaceIndex
 from codeassist.model.copy import Candidate
+from codeassist.model.prompting import TAIL_TOKENS, Prompt, strip_forced
+from codeassist.model.stop_policy import StopPolicy, stop_policy
 from codeassist.model.tokenization import Tokenizer, resolve
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,6 @@ DEFAULT_CONTEXT_TOKENS = 2048  # when a backend does not say (remote)
 # the suggestion (no request): on requests and urllib3, 2 in 3 such candidates were the exact line.
 REMOTE_COPY_MIN_CHARS = 40
 TYPED_CHARS = 400  # text before the cursor tokenized as typed, for copy lookups (about TAIL_TOKENS)
-_PY_BLOCK_STOPS = ("\n\n\n", "\ndef ", "\nclass ", "\nif __name__", "\n@")
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,20 @@ class Pipeline:
         tk = getattr(self.backend, "tokenizer", None)  # LocalBackend: its loaded engine's
         return resolve(tk if isinstance(tk, Tokenizer) else None)
 
+    def reconfigure(self, settings: Settings, backend_factory: Callable[[Settings], Backend]) -> Backend | None:
+        """Take new settings. When they choose another backend (kind, model, device or remote), build
+        it with `backend_factory`, start it and forget the old one's suggestions; the old backend is
+        returned for the caller to close (`await previous.aclose()`), else None."""
+        old, self.settings = self.settings, settings
+        if (settings.backend, settings.model, settings.device, settings.remote) == \
+                (old.backend, old.model, old.device, old.remote):
+            return None
+        previous = self.backend
+        self.backend = backend_factory(settings)
+        self.cache.clear()
+        self.backend.start()
+        return previous
+
     async def complete(self, ctx: CompletionContext, invoked: bool = False, channel: str = "inline"
                        ) -> Completion:
         """Run for the current task; a newer call for the same document and channel cancels this one.
@@ -130,11 +145,11 @@ class Pipeline:
         max_tokens = s.max_tokens
         context_tokens = status.context_tokens or DEFAULT_CONTEXT_TOKENS
         tk = self.tokenizer
-        prompt = build_prompt(ctx, min(s.max_prompt_tokens, context_tokens - max_tokens), tokenizer=tk)
+        prompt = prompt_for(ctx, min(s.max_prompt_tokens, context_tokens - max_tokens), tokenizer=tk)
         budget_ms = s.time_budget_ms if invoked else min(s.time_budget_ms, TYPING_TIME_BUDGET_MS)
         found = self._copy_candidates(ctx, prompt, tk)
         request = CompletionRequest(prompt=prompt, max_tokens=max_tokens, temperature=s.temperature,
-                                    stop=stop_strings(ctx, mode), time_budget_s=budget_ms / 1000,
+                                    stop=stops_for(ctx, mode), time_budget_s=budget_ms / 1000,
                                     reuse_prefix=s.prefix_reuse, copy=tuple(c.text for c in found))
         t1 = time.perf_counter()
         if found and status.backend == "remote" and found[0].match_chars >= REMOTE_COPY_MIN_CHARS:
@@ -169,13 +184,10 @@ class Pipeline:
         return self.workspace.candidates(ctx.uri, cursor, list(prompt.tail), prompt.forced, limit=1, typed=typed)
 
 
-def stop_strings(ctx: CompletionContext, mode: Mode) -> tuple[str, ...]:
-    """Stops decided while decoding: the newline in LINE mode, a new top-level unit in BLOCK."""
-    if mode is Mode.LINE:
-        return ("\n",)
-    stops: tuple[str, ...] = _PY_BLOCK_STOPS if ctx.language == "python" else ("\n\n\n",)
-    nxt = next((ln.strip() for ln in ctx.suffix.split("\n")[1:] if ln.strip()), "")
-    return (*stops, nxt) if len(nxt) >= 8 else stops  # the model has reached the code below
+def stops_for(ctx: CompletionContext, mode: Mode) -> StopPolicy:
+    """Stops decided while decoding (the one policy's): the newline in LINE mode; in BLOCK a new
+    top-level unit or the code below the cursor."""
+    return stop_policy(ctx.suffix, ctx.language, line=mode is Mode.LINE)
 
 
 def _ms(t0: float) -> float:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from codeassist.lsp.context import CompletionContext, Mode
+from codeassist.model.stop_policy import next_code_line
 
 _OPEN = {"(": ")", "[": "]", "{": "}"}
 _CLOSE = {")": "(", "]": "[", "}": "{"}
@@ -102,7 +103,7 @@ def drop_suffix_duplicate(text: str, pc: PostContext) -> str | None:
             if t.endswith(part) and (n == len(after) or not any(c.isalnum() or c == "_" for c in part)):
                 text = t[:len(t) - n]
                 break
-    nxt = next((ln.strip() for ln in pc.ctx.suffix.split("\n")[1:] if ln.strip()), "")
+    nxt = next_code_line(pc.ctx.suffix)
     if len(nxt) > 3:
         lines = text.split("\n")
         if (pc.ctx.line_prefix + lines[0]).strip() == nxt and not after:

@@ -1,8 +1,11 @@
 """The HTTP client of the language server's remote backend (lsp/backends.py imports it lazily).
 
-One call, `complete(prefix, suffix, ...)`, spoken in one of four dialects:
+One call, `complete(prefix, suffix, ...)`, spoken in one of four dialects. The language server
+sends what its prompt builder made (model/prompting.py): the context (other files' snippets) and
+the prefix as one text, and the healed part at its end.
 - "codeassist": our server's /v1/completions, asking it to fit the prompt to its context
-  (`truncate_prompt_tokens: -1`, so an editor's window never earns a 400);
+  (`truncate_prompt_tokens: -1`, so an editor's window never earns a 400), with the healed text
+  in `healed_prefix` (our extension), so the server heals exactly where the editor did;
 - "openai": any OpenAI-compatible /v1/completions (vLLM, TGI, llama.cpp's server). With a FIM
   template (`remote.template`, model/fim_templates.py) the prompt is the family's raw FIM text and
   no `suffix` field is sent (vLLM and TGI refuse it); with template "none" the suffix goes in the
@@ -14,7 +17,8 @@ One call, `complete(prefix, suffix, ...)`, spoken in one of four dialects:
 
 Stops always hold: every stop string is sent, and the answer is also cut at the first one here,
 since a server may ignore some. A server that refuses the list (OpenAI's and TGI's limit is 4;
-ours too) is asked again at once with the first four, and this client remembers the limit.
+ours takes 16) is asked again at once with the first four (the list is ordered most decisive
+first), this client remembers the limit, and the rest are applied here, never dropped.
 
 Every request carries `X-Codeassist-Session`, one id per language-server process, so a team
 server behind a load balancer can route one editor's keystrokes to the replica that holds its
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import time
 import uuid
@@ -44,6 +49,8 @@ from codeassist.model.fim_templates import TEMPLATE_NAMES, FimTemplate, for_mode
 
 __all__ = ["APIS", "SESSION_HEADER", "SESSION_ID", "RemoteClient", "RemoteError", "RemoteSettings",
            "resolve_template", "trim_at_stops"]
+
+log = logging.getLogger(__name__)
 
 APIS = ("codeassist", "openai", "llamacpp", "ollama")
 LIMITED_STOPS = 4  # OpenAI's and TGI's limit: asked again with this many when a server refuses more
@@ -118,25 +125,30 @@ class RemoteClient:
         self._max_stops: int | None = None  # set once the server refused a longer stop list
 
     async def complete(self, prefix: str, suffix: str, *, max_tokens: int, temperature: float,
-                       stop: list[str]) -> str:
+                       stop: list[str], healed: str | None = None) -> str:
+        """The text after `prefix` (the cursor). `healed`: the end of `prefix` that the prompt
+        builder healed ("" for none), for our server to honour; None lets the server heal."""
         wait_s = self._retry_at - self._clock()
         if wait_s > 0:
             raise RemoteError(f"{self._busy}; next try in {math.ceil(wait_s)} s")
         stops = [s for s in dict.fromkeys([*stop, *(self.template.stops if self.template else ())]) if s]
         deadline = time.monotonic() + self._timeout_s  # one deadline for the call, a retry included
-        response = await self._post(prefix, suffix, max_tokens, temperature, stops, deadline)
+        fields = (prefix, suffix, max_tokens, temperature, healed)
+        response = await self._post(*fields, stops, deadline)
         if self._max_stops is None and len(stops) > LIMITED_STOPS and _refuses_stops(response):
             self._max_stops = LIMITED_STOPS  # this server's limit; the rest are applied here
-            response = await self._post(prefix, suffix, max_tokens, temperature, stops, deadline)
+            log.info("%s takes at most %d stop strings: the others are applied by the client",
+                     self.settings.url, LIMITED_STOPS)
+            response = await self._post(*fields, stops, deadline)
         return trim_at_stops(self._parse(response), stops)
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _post(self, prefix: str, suffix: str, max_tokens: int, temperature: float, stops: list[str],
-                    deadline: float) -> httpx.Response:
+    async def _post(self, prefix: str, suffix: str, max_tokens: int, temperature: float, healed: str | None,
+                    stops: list[str], deadline: float) -> httpx.Response:
         sent = stops[:self._max_stops] if self._max_stops is not None else stops
-        path, body = self._request(prefix, suffix, max_tokens, temperature, sent)
+        path, body = self._request(prefix, suffix, max_tokens, temperature, sent, healed)
         try:
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
                 return await self._http.post(path, json=body)
@@ -148,7 +160,7 @@ class RemoteClient:
                               f"({type(exc).__name__})") from None
 
     def _request(self, prefix: str, suffix: str, max_tokens: int, temperature: float,
-                 stop: list[str]) -> tuple[str, dict[str, Any]]:
+                 stop: list[str], healed: str | None = None) -> tuple[str, dict[str, Any]]:
         s = self.settings
         if s.api == "llamacpp":
             return "/infill", {"input_prefix": prefix, "input_suffix": suffix, "n_predict": max_tokens,
@@ -170,6 +182,8 @@ class RemoteClient:
             body["model"] = s.model
         if s.api == "codeassist":
             body["truncate_prompt_tokens"] = -1
+            if healed is not None:  # our extension: other servers are never sent it
+                body["healed_prefix"] = healed
         return "/v1/completions", body
 
     def _parse(self, response: httpx.Response) -> str:

@@ -30,7 +30,7 @@ from codeassist.remote.schema import (
 
 router = APIRouter(prefix="/v1")
 
-MAX_STOPS = 4
+MAX_STOPS = 16  # OpenAI takes 4; the language server's block stops, its next line and a template's need more
 MAX_STOP_CHARS = 256
 
 
@@ -66,6 +66,8 @@ def to_ask(body: CompletionRequest, state: ServerState) -> Ask:
     if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
         raise APIError(400, f"stop takes at most {MAX_STOPS} non-empty strings of at most "
                        f"{MAX_STOP_CHARS} characters", "stop")
+    if body.healed_prefix is not None and not prompt.endswith(body.healed_prefix):
+        raise APIError(400, "healed_prefix must be the end of the prompt", "healed_prefix")
     return Ask(prefix=prompt, suffix=body.suffix or "", max_tokens=body.max_tokens,
                sampling=SamplingParams(temperature=body.temperature, top_p=body.top_p), stop=tuple(stops),
                n=body.n, seed=body.seed, stop_on_eos=not body.ignore_eos, truncate=body.truncate_prompt_tokens)

@@ -5,7 +5,9 @@ Two APIs:
 - the seed's: POST /complete {code, max_tokens, temperature, top_k, suffix?} → {completion, full_code};
 - OpenAI's legacy completions: POST /v1/completions, GET /v1/models, with two of vLLM's
   extensions that editors need: `truncate_prompt_tokens` (-1 = keep the text nearest the
-  cursor that fits the context) and `ignore_eos`.
+  cursor that fits the context) and `ignore_eos`; and one of ours, `healed_prefix` (the text at
+  the end of the prompt that the language server's prompt builder healed), which other
+  OpenAI-compatible servers ignore as an unknown field.
 Errors have OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 """
 
@@ -76,6 +78,9 @@ class CompletionRequest(BaseModel):
     user: str | None = None
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     ignore_eos: bool = False
+    # our extension: the end of `prompt` that the client's token healing took off (it is still in
+    # `prompt`); the server backs the prompt off by it and the completion must begin with it
+    healed_prefix: str | None = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -135,21 +140,3 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
-
-
-# -- llama.cpp's server (client side only) --------------------------------------------------------
-
-
-class InfillRequest(BaseModel):
-    input_prefix: str
-    input_suffix: str
-    n_predict: int
-    temperature: float
-    stop: list[str]
-    cache_prompt: bool = True
-
-
-class InfillResponse(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    content: str

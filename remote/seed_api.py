@@ -9,8 +9,8 @@ from __future__ import annotations
 import anyio
 from fastapi import APIRouter, Request
 
-from codeassist.model.completion import DEFAULT_STOPS
 from codeassist.model.sampling import SamplingParams
+from codeassist.model.stop_policy import PLAIN_LANGUAGE, stop_policy
 from codeassist.remote import session
 from codeassist.remote.app import server_state
 from codeassist.remote.errors import APIError
@@ -18,12 +18,6 @@ from codeassist.remote.generation import Ask, cancel_on_disconnect, collect, dea
 from codeassist.remote.schema import CompleteRequest, CompleteResponse
 
 router = APIRouter()
-
-
-def seed_stops(suffix: str) -> tuple[str, ...]:
-    """The plain path's stops, plus the suffix's first line: the model has reached the code after."""
-    first = suffix.strip().splitlines()[0] if suffix.strip() else ""
-    return DEFAULT_STOPS + ((first,) if len(first) >= 8 else ())
 
 
 @router.post("/complete")
@@ -34,7 +28,7 @@ async def complete(body: CompleteRequest, request: Request) -> CompleteResponse:
         raise APIError(503, "the model is not loaded yet", code="not_ready", headers={"Retry-After": "5"})
     ask = Ask(prefix=body.code, suffix=body.suffix, max_tokens=body.max_tokens,
               sampling=SamplingParams(temperature=body.temperature, top_k=body.top_k),
-              stop=seed_stops(body.suffix))
+              stop=stop_policy(body.suffix, PLAIN_LANGUAGE, line=False).strings)  # as `codeassist complete`
     limit = state.settings.request_timeout_s
     jobs = await anyio.to_thread.run_sync(plan_jobs, ask, state.block_size, state.settings.max_tokens_limit,
                                           deadline_after(limit), state.tokenizer)

@@ -7,20 +7,16 @@ import httpx
 import pytest
 
 import codeassist.remote.client  # noqa: F401  (RemoteBackend imports it lazily; broken, it fails here)
-from codeassist.lsp.backends import CompletionRequest, LocalBackend, RemoteBackend, strip_forced
+from codeassist.lsp.backends import CompletionRequest, LocalBackend, RemoteBackend
 from codeassist.lsp.context import build_context
-from codeassist.lsp.prompt import build_prompt
+from codeassist.lsp.prompt import prompt_for
 from codeassist.lsp.settings import RemoteConfig
+from codeassist.model.stop_policy import StopPolicy
 
 
 def request(text: str, max_tokens: int = 8, stop: tuple[str, ...] = ()) -> CompletionRequest:
     ctx = build_context("file:///a.py", "python", text, len(text))
-    return CompletionRequest(build_prompt(ctx, 128), max_tokens=max_tokens, stop=stop)
-
-
-def test_strip_forced() -> None:
-    assert strip_forced("    return x", "    ") == "return x"
-    assert strip_forced("  x", "    ") == ""
+    return CompletionRequest(prompt_for(ctx, 128), max_tokens=max_tokens, stop=StopPolicy(stop))
 
 
 async def test_local_backend_loads_in_background_and_heals(tiny_model_path: Path) -> None:

@@ -15,7 +15,7 @@ from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
 from codeassist.lsp.context import build_context
-from codeassist.lsp.prompt import build_prompt
+from codeassist.lsp.prompt import prompt_for
 from codeassist.model.engine import Engine, GenerationRequest, StopRules
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ def model_continuation(model_path: Path, text: str, offset: int) -> str:
     server builds, with no stop strings and no post-processing (the server may only cut it)."""
     engine = Engine.load(str(model_path), device="cpu")
     ctx = build_context(ASSIGN_URI, "python", text, offset)
-    prompt = build_prompt(ctx, engine.config.block_size - MAX_TOKENS)
+    prompt = prompt_for(ctx, engine.config.block_size - MAX_TOKENS)
     result = engine.generate(GenerationRequest(prompt=prompt.ids, forced_prefix=prompt.forced.encode(),
                                                stop=StopRules(max_new_tokens=MAX_TOKENS)))
     assert result.text.startswith(prompt.forced)

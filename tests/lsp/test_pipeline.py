@@ -19,7 +19,7 @@ async def test_completion_goes_through_backend_and_postprocessing() -> None:
     got = await pipe.complete(ctx())
     assert got.text == "print(os.getcwd())\n    return 0" and got.mode is Mode.BLOCK
     req = fake.requests[0]
-    assert req.prompt.forced == "    " and "\ndef " in req.stop
+    assert req.prompt.forced == "    " and "\ndef " in req.stop.strings
     assert len(req.prompt.ids) + req.max_tokens <= 1024
 
 
@@ -75,7 +75,7 @@ async def test_line_mode_stops_at_newline_while_decoding() -> None:
     seen: list[CompletionRequest] = []
     fake = FakeBackend(lambda r: seen.append(r) or "1")  # type: ignore[func-returns-value]
     await Pipeline(fake, Settings()).complete(ctx("x = \n", 4))
-    assert seen[0].stop == ("\n",)
+    assert seen[0].stop.strings == ("\n",)
 
 
 async def test_latency_percentiles_are_kept() -> None:

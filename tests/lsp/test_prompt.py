@@ -1,7 +1,7 @@
 import pytest
 
 from codeassist.lsp.context import Snippet, build_context
-from codeassist.lsp.prompt import build_prompt
+from codeassist.lsp.prompt import prompt_for
 from codeassist.model import tokenizer as tok
 
 CURSOR = "█"
@@ -25,7 +25,7 @@ def ctx_at(marked: str, language: str = "python", snippets: tuple[Snippet, ...] 
 ])
 def test_token_healing_backs_off_to_a_whole_token(marked: str, forced: str) -> None:
     ctx = ctx_at(marked)
-    p = build_prompt(ctx, 512)
+    p = prompt_for(ctx, 512)
     assert p.forced == forced
     # the prompt's prefix plus the forced text is exactly the text before the cursor
     pre = p.ids.index(tok.FIM_PREFIX_ID) if p.fim else 0
@@ -34,7 +34,7 @@ def test_token_healing_backs_off_to_a_whole_token(marked: str, forced: str) -> N
 
 
 def test_fim_layout_is_spm_as_trained() -> None:
-    p = build_prompt(ctx_at("a = 1\nb = █\nc = 3\n"), 512)
+    p = prompt_for(ctx_at("a = 1\nb = █\nc = 3\n"), 512)
     assert p.fim
     assert p.ids[0] == tok.FIM_SUFFIX_ID and p.ids[-1] == tok.FIM_MIDDLE_ID
     s = p.ids.index(tok.FIM_PREFIX_ID)
@@ -42,22 +42,22 @@ def test_fim_layout_is_spm_as_trained() -> None:
 
 
 def test_end_of_file_is_left_to_right_after_endoftext() -> None:
-    p = build_prompt(ctx_at("import os\nx = █"), 512)
+    p = prompt_for(ctx_at("import os\nx = █"), 512)
     assert not p.fim and p.ids[0] == tok.EOT_ID
 
 
 def test_budget_is_respected() -> None:
     text = "".join(f"value_{i} = compute({i}, 'text')\n" for i in range(400))
     for budget in (64, 300, 896):
-        p = build_prompt(ctx_at(text[:5000] + "█" + text[5000:]), budget)
+        p = prompt_for(ctx_at(text[:5000] + "█" + text[5000:]), budget)
         assert len(p.ids) <= budget
 
 
 def test_typing_keeps_the_prompt_start_stable_for_the_kv_cache() -> None:
     text = "".join(f"value_{i} = compute({i}, 'text')\n" for i in range(400))
     cut = 9000
-    a = build_prompt(ctx_at(text[:cut] + "█" + text[cut:]), 600).ids
-    b = build_prompt(ctx_at(text[:cut] + "result = comp█" + text[cut:]), 600).ids
+    a = prompt_for(ctx_at(text[:cut] + "█" + text[cut:]), 600).ids
+    b = prompt_for(ctx_at(text[:cut] + "result = comp█" + text[cut:]), 600).ids
     common = 0
     while common < min(len(a), len(b)) and a[common] == b[common]:
         common += 1
@@ -66,7 +66,7 @@ def test_typing_keeps_the_prompt_start_stable_for_the_kv_cache() -> None:
 
 def test_snippets_from_other_files_go_first_as_comments() -> None:
     snip = Snippet("util.py", "def parse_header(line):\n    return line.split(':')", 0.5)
-    p = build_prompt(ctx_at("x = parse_header(█)\n", snippets=(snip,)), 512)
+    p = prompt_for(ctx_at("x = parse_header(█)\n", snippets=(snip,)), 512)
     text = tok.decode(list(p.ids))
     assert "# Compare this snippet from util.py:\n# def parse_header(line):" in text
     assert text.index("util.py") < text.index("x = parse_header")

@@ -14,7 +14,7 @@ from codeassist.lsp.backends import BackendStatus, CompletionRequest, FakeBacken
 from codeassist.lsp.client import LspClient
 from codeassist.lsp.context import build_context
 from codeassist.lsp.pipeline import Pipeline
-from codeassist.lsp.prompt import build_prompt
+from codeassist.lsp.prompt import prompt_for
 from codeassist.lsp.settings import Settings
 
 DOC = "import os\n\ndef main():\n    \n\nmain()\n"
@@ -100,7 +100,7 @@ async def test_local_backend_waits_for_its_load_without_blocking_the_loop(
         assert status.ready and status.context_tokens == 256
         after = await backend.wait_until_ready(0.0)  # loaded: returns at once
         assert after.ready
-        prompt = build_prompt(build_context("file:///b.py", "python", "x = ", 4), 128)
+        prompt = prompt_for(build_context("file:///b.py", "python", "x = ", 4), 128)
         assert (await backend.complete(CompletionRequest(prompt, max_tokens=2))).stop_reason != "unavailable"
     finally:
         release.set()

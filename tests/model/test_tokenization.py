@@ -334,11 +334,14 @@ def test_copy_candidates_with_an_hf_tokenizer(toks: dict[str, HFTokenizer]) -> N
     ids = tk.encode(typed)
     found = find_candidates([(index, None)], ids[:-1], tk.decode(ids[-1:]), typed=ids, tokenizer=tk)
     assert found and found[0].text == tk.decode(ids[-1:]) + "_once(s, idx)"
-    # the engine takes a copy candidate the model does not find absurd, in the tokenizer's ids
+    # the engine takes a copy candidate the model does not find absurd, in the tokenizer's ids; the
+    # prompt builder heals back to the word's start, so the candidates begin there
     engine = tiny_engine(tk)
     from codeassist.model.engine import CopyParams
 
     prompt = build_prompt(typed, "", 100, tokenizer=tk)
+    found = find_candidates([(index, None)], list(prompt.tail), prompt.forced, typed=ids, tokenizer=tk)
+    assert found and found[0].text == prompt.forced + "_once(s, idx)"
     result = engine.generate(GenerationRequest(prompt=prompt.ids, forced_prefix=prompt.forced_prefix,
                                                copy=CopyParams(candidates=(found[0].text,), min_logprob=-1e9),
                                                stop=StopRules(max_new_tokens=32)))
@@ -388,7 +391,7 @@ def test_lsp_pipeline_builds_its_prompt_in_the_backends_tokenizer(folders: dict[
     from codeassist.lsp.backends import FakeBackend
     from codeassist.lsp.context import build_context
     from codeassist.lsp.pipeline import Pipeline
-    from codeassist.lsp.prompt import build_prompt as lsp_prompt
+    from codeassist.lsp.prompt import prompt_for as lsp_prompt
     from codeassist.lsp.settings import Settings
 
     tk = toks["qwen"]
@@ -512,7 +515,7 @@ def test_language_server_pipeline_with_a_local_hf_model(folders: dict[str, Path]
     from codeassist.lsp.backends import LocalBackend
     from codeassist.lsp.context import build_context
     from codeassist.lsp.pipeline import Pipeline
-    from codeassist.lsp.prompt import build_prompt as lsp_prompt
+    from codeassist.lsp.prompt import prompt_for as lsp_prompt
     from codeassist.lsp.settings import Settings
 
     folder = tmp_path / "tiny-qwen"

@@ -75,7 +75,9 @@ def test_body_over_the_cap_is_413_before_parsing(serve) -> None:  # type: ignore
     ({"prompt": "x", "top_p": 0}, 422, "top_p"),
     ({"max_tokens": 3}, 422, "prompt"),
     ({"prompt": 5}, 422, "prompt"),
-    ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ({"prompt": "x", "stop": [chr(97 + i) for i in range(17)]}, 400, "stop"),  # at most 16
+    ({"prompt": "x", "stop": ["a", ""]}, 400, "stop"),
+    ({"prompt": "x = 1", "healed_prefix": "2"}, 400, "healed_prefix"),
     ({"prompt": "x", "n": 50}, 400, "n"),
     ({"prompt": "x", "echo": True}, 400, "echo"),
     ({"prompt": "x", "logprobs": 3}, 400, "logprobs"),
