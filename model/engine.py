@@ -45,6 +45,7 @@ from codeassist.model.speculative import (
     verify_greedy,
     verify_sampling,
 )
+from codeassist.model.stops import StopRules
 from codeassist.model.store import resolve_model
 from codeassist.model.tokenization import (
     HFTokenizer,
@@ -63,14 +64,6 @@ log = logging.getLogger(__name__)
 # The longest context the engine allocates keys and values for: a model trained on 32k positions
 # (Qwen2.5-Coder) would otherwise take 32k cache slots per layer; a completion prompt needs far fewer.
 MAX_CONTEXT = 4096
-
-
-@dataclass(frozen=True)
-class StopRules:
-    max_new_tokens: int = 64
-    stop_strings: tuple[str, ...] = ()  # generation stops before the first occurrence of any
-    stop_on_eos: bool = True
-    time_budget_s: float | None = None  # wall-clock budget for the whole request
 
 
 @dataclass(frozen=True)
@@ -290,7 +283,7 @@ class Engine:
                     break
                 out.append(token)
                 accepted += j < from_draft
-                if _find_stop(decoder.push(token), req.stop.stop_strings, _forced_len(req)) is not None:
+                if _find_stop(decoder.push(token), req.stop, _forced_len(req), final=False) is not None:
                     reason, stopped = "stop", True
                 elif cancel is not None and cancel.is_set():
                     reason, stopped = "cancelled", True
@@ -329,7 +322,7 @@ class Engine:
             pos += 1 + n
             pending, logits = [*draft[:n], nxt], None
         text = decoder.text()
-        cut = _find_stop(text, req.stop.stop_strings, _forced_len(req))
+        cut = _find_stop(text, req.stop, _forced_len(req))
         if cut is not None:
             text = text[:cut]
         total_ms = (time.perf_counter() - t0) * 1e3
@@ -444,7 +437,7 @@ class Engine:
                     continue
                 outs[b].append(token)
                 text = decoders[b].push(token)
-                if _find_stop(text, reqs[b].stop.stop_strings, _forced_len(reqs[b])) is not None:
+                if _find_stop(text, reqs[b].stop, _forced_len(reqs[b]), final=False) is not None:
                     done[b], reasons[b] = True, "stop"
                 elif len(outs[b]) >= fitted[b][1]:
                     done[b] = True
@@ -461,7 +454,7 @@ class Engine:
         total_ms = (time.perf_counter() - t0) * 1e3
         for b, r in enumerate(reqs):
             text = decoders[b].text()
-            cut = _find_stop(text, r.stop.stop_strings, _forced_len(r))
+            cut = _find_stop(text, r.stop, _forced_len(r))
             results.append(GenerationResult(tokens=outs[b], text=text if cut is None else text[:cut],
                                             stop_reason=reasons[b], prompt_tokens=lengths[b],
                                             truncated_prompt=fitted[b][2], prefill_ms=prefill_ms,
@@ -516,15 +509,11 @@ def _forced_len(req: GenerationRequest) -> int:
     return len(req.forced_prefix.decode("utf-8", errors="ignore"))
 
 
-def _find_stop(text: str, stops: tuple[str, ...], skip: int) -> int | None:
-    """Index of the earliest stop string in text[skip:] (the forced prefix never stops), or None."""
-    best: int | None = None
-    for s in stops:
-        if s:
-            i = text.find(s, skip)
-            if i != -1 and (best is None or i < best):
-                best = i
-    return best
+def _find_stop(text: str, rules: StopRules, skip: int, final: bool = True) -> int | None:
+    """Index in text where the stop rules end it, judged on text[skip:] (the forced prefix never
+    stops), or None."""
+    cut, _ = rules.cut(text[skip:], final)
+    return None if cut is None else skip + cut
 
 
 def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
