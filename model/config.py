@@ -43,15 +43,6 @@ class ModelConfig:
             raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
         return cls(**data)
 
-    def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count (tied head counted once); non_embedding drops wte and wpe."""
-        d = self.n_embd
-        per_block = 12 * d * d + 13 * d  # attn (4d^2 + 4d) + mlp (8d^2 + 5d) + 2 LayerNorms (4d)
-        n = self.n_layer * per_block + 2 * d
-        if not non_embedding:
-            n += self.vocab_size * d + self.block_size * d
-        return n
-
 
 PRESETS: dict[str, ModelConfig] = {
     # for tests: builds in milliseconds
