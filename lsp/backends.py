@@ -19,9 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from codeassist.lsp.settings import RemoteConfig
+from codeassist.model.errors import UserFacingError
 from codeassist.model.prompting import Prompt, strip_forced
 from codeassist.model.stop_policy import StopPolicy
+from codeassist.model.tokenizer import TokenizerError
+from codeassist.remote.settings import RemoteSettings
 
 if TYPE_CHECKING:
     from codeassist.model.engine import Engine
@@ -235,7 +237,7 @@ class RemoteBackend:
     the request is answered by that backend instead, started only on the first failure.
     """
 
-    def __init__(self, config: RemoteConfig, transport: Any = None, fallback: Backend | None = None) -> None:
+    def __init__(self, config: RemoteSettings, transport: Any = None, fallback: Backend | None = None) -> None:
         self.config = config
         self.transport = transport  # an httpx transport, for tests
         self.fallback = fallback
@@ -257,12 +259,10 @@ class RemoteBackend:
 
     def _get_client(self) -> Any:
         if self._client is None:
-            from codeassist.remote.client import RemoteClient, RemoteSettings
+            from codeassist.remote.client import RemoteClient
 
             c = self.config
-            self._client = RemoteClient(RemoteSettings(url=c.url, api=c.api, api_key=c.api_key, model=c.model,
-                                                       timeout_ms=c.timeout_ms, template=c.template),
-                                        self.transport)
+            self._client = RemoteClient(c, self.transport)
             template = self._client.template
             log.info("remote backend: %s API at %s, model %s, FIM template %s%s", c.api, c.url, c.model or "-",
                      template.name if template else "none", " (from the model's name)" if c.template == "auto" else "")
@@ -310,7 +310,7 @@ def _warm_up(engine: Engine) -> None:
                                       stop=StopRules(max_new_tokens=2)))
 
 
-def make_backend(kind: str, model: str, device: str, remote: RemoteConfig) -> Backend:
+def make_backend(kind: str, model: str, device: str, remote: RemoteSettings) -> Backend:
     if kind == "remote":
         return RemoteBackend(remote, fallback=LocalBackend(model, device) if remote.fallback_local else None)
     if kind == "fake":
@@ -320,6 +320,6 @@ def make_backend(kind: str, model: str, device: str, remote: RemoteConfig) -> Ba
 
 def _one_sentence(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if getattr(exc, "user_facing", False) or type(exc).__name__ in ("ModelFileError", "TokenizerError"):
+    if isinstance(exc, (UserFacingError, TokenizerError)):  # a model file or tokenizer that cannot be read
         return text
     return f"the model could not be loaded ({type(exc).__name__}: {text[:200]})"

@@ -39,38 +39,23 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
 from codeassist.model.fim_templates import TEMPLATE_NAMES, FimTemplate, for_model_name, get_template
+from codeassist.remote.settings import APIS, RemoteSettings  # the one remote-settings type
 
 __all__ = ["APIS", "SESSION_HEADER", "SESSION_ID", "RemoteClient", "RemoteError", "RemoteSettings",
            "resolve_template", "trim_at_stops"]
 
 log = logging.getLogger(__name__)
 
-APIS = ("codeassist", "openai", "llamacpp", "ollama")
 LIMITED_STOPS = 4  # OpenAI's and TGI's limit: asked again with this many when a server refuses more
 MAX_RETRY_AFTER_S = 600  # a longer Retry-After is capped: a misconfigured server must not mute us for hours
 SESSION_HEADER = "X-Codeassist-Session"
 SESSION_ID = uuid.uuid4().hex  # one editor session: made once per language-server process
-
-
-@dataclass(frozen=True)
-class RemoteSettings:
-    url: str
-    api: str = "codeassist"  # "codeassist" | "openai" | "llamacpp" | "ollama"
-    api_key: str | None = None
-    model: str | None = None
-    timeout_ms: int = 2000
-    template: str = "auto"  # FIM template of the openai dialect: auto (from model) | a family | none
-
-    def __repr__(self) -> str:  # the key stays out of logs
-        return (f"RemoteSettings(url={self.url!r}, api={self.api!r}, api_key={'***' if self.api_key else None}, "
-                f"model={self.model!r}, timeout_ms={self.timeout_ms}, template={self.template!r})")
 
 
 class RemoteError(Exception):

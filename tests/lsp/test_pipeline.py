@@ -140,3 +140,21 @@ async def test_a_remote_backend_is_not_asked_when_a_long_match_gives_the_line() 
     short = "x = 1\n\ny = compute(x)\n\nz = compute"  # a short match: the team server answers
     text, requests = await _with_workspace(_RemoteFake(lambda r: "(y)"), short)
     assert text == "(y)" and len(requests) == 1
+
+
+async def test_reconfigure_keeps_the_backend_unless_the_settings_choose_another() -> None:
+    first = FakeBackend(lambda r: "print(os.getcwd())")
+    made: list[FakeBackend] = []
+
+    def factory(settings: Settings) -> FakeBackend:
+        made.append(FakeBackend(lambda r: "second()"))
+        return made[-1]
+
+    pipe = Pipeline(first, Settings())
+    await pipe.complete(ctx())
+    assert pipe.reconfigure(Settings(max_tokens=12), factory) is None  # same backend, new settings
+    assert pipe.backend is first and pipe.settings.max_tokens == 12 and not made
+    assert pipe.cache.lookup(ctx()) is not None
+    assert pipe.reconfigure(Settings(model="other"), factory) is first  # the caller closes it
+    assert pipe.backend is made[0] and pipe.cache.lookup(ctx()) is None
+    assert (await pipe.complete(ctx())).text == "second()"

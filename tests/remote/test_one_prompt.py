@@ -1,0 +1,115 @@
+"""One cursor, one prompt (issue 17): the language server's pipeline, `codeassist complete`, the seed
+API, the OpenAI endpoint and the remote backend against our server all build it with the one prompt
+builder, healing included."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from codeassist.lsp.backends import Backend, FakeBackend, RemoteBackend
+from codeassist.lsp.context import Snippet, build_context
+from codeassist.lsp.pipeline import Pipeline
+from codeassist.lsp.settings import Settings
+from codeassist.model.completion import complete
+from codeassist.model.engine import Engine, GenerationRequest
+from codeassist.model.prompting import build_prompt
+from codeassist.remote.scheduler import Job
+from codeassist.remote.settings import RemoteSettings
+from tests.remote.conftest import Live, tiny_engine
+
+DOC = "def total(values):\n    result = 0\n    for v in values:\n        result += v\n    retur\n\nprint(total([1, 2]))\n"
+CURSOR = DOC.index("retur") + len("retur")
+PREFIX, SUFFIX = DOC[:CURSOR], DOC[CURSOR:]
+SNIPPET = Snippet("util.py", "def mean(values):\n    return total(values) / len(values)", 0.5)
+
+Sent = tuple[tuple[int, ...], bytes]  # the prompt's ids and the forced (healed) bytes
+
+
+def spy_on_the_scheduler(live: Live, monkeypatch: pytest.MonkeyPatch) -> list[Sent]:
+    sent: list[Sent] = []
+    submit = live.state.scheduler.submit
+
+    def spy(jobs: list[Job]) -> Any:
+        sent.append((jobs[0].prompt, jobs[0].forced_prefix))
+        return submit(jobs)
+
+    monkeypatch.setattr(live.state.scheduler, "submit", spy)
+    return sent
+
+
+async def pipeline_prompt(backend: Backend, snippets: tuple[Snippet, ...] = ()) -> None:
+    ctx = build_context("file:///a.py", "python", DOC, CURSOR, snippets)
+    pipe = Pipeline(backend, Settings(cache=False, copy=False, max_tokens=8))
+    got = await pipe.complete(ctx, invoked=True)
+    assert got.reason is None or "remote" not in got.reason, got.reason
+
+
+def spy_engine(sent: list[Sent]) -> Engine:
+    engine = tiny_engine()
+    generate: Callable[..., Any] = engine.generate
+
+    def spy(request: GenerationRequest, cancel: Any = None) -> Any:
+        sent.append((request.prompt, request.forced_prefix))
+        return generate(request, cancel)
+
+    engine.generate = spy  # type: ignore[method-assign]
+    return engine
+
+
+async def test_every_entry_point_builds_the_same_prompt_for_one_cursor(
+        serve: Callable[..., Live], monkeypatch: pytest.MonkeyPatch) -> None:
+    want = build_prompt(PREFIX, SUFFIX, 1 << 20)
+    assert want.forced == " retur" and want.fim  # healed back to the word's start, code after the cursor
+    expected = (want.ids, want.forced_prefix)
+
+    editor = FakeBackend(lambda r: "n result")
+    await pipeline_prompt(editor)
+    assert (editor.requests[0].prompt.ids, editor.requests[0].prompt.forced_prefix) == expected
+
+    local: list[Sent] = []
+    complete(spy_engine(local), PREFIX, SUFFIX, max_new_tokens=8)
+    assert local == [expected]
+
+    live = serve()
+    server = spy_on_the_scheduler(live, monkeypatch)
+    with httpx.Client(base_url=live.url, timeout=30) as http:
+        seed = http.post("/complete", json={"code": PREFIX, "suffix": SUFFIX, "max_tokens": 8})
+        openai = http.post("/v1/completions", json={"prompt": PREFIX, "suffix": SUFFIX, "max_tokens": 8})
+    assert seed.status_code == openai.status_code == 200, (seed.text, openai.text)
+    remote = RemoteBackend(RemoteSettings(url=live.url, timeout_ms=30000))
+    try:
+        await pipeline_prompt(remote)
+    finally:
+        await remote.aclose()
+    assert server == [expected] * 3  # seed API, OpenAI endpoint, the editor's remote backend
+
+
+async def test_the_remote_backend_sends_the_context_and_our_server_prompts_as_the_editor(
+        serve: Callable[..., Live], monkeypatch: pytest.MonkeyPatch) -> None:
+    editor = FakeBackend(lambda r: "n result")
+    await pipeline_prompt(editor, (SNIPPET,))
+    made = editor.requests[0].prompt
+    assert "Compare this snippet from util.py" in made.context and made.text_prefix == made.context + PREFIX
+    live = serve()
+    server = spy_on_the_scheduler(live, monkeypatch)
+    bodies: list[bytes] = []
+    seen = RemoteBackend(RemoteSettings(url=live.url, timeout_ms=30000))
+    monkeypatch.setattr(httpx.AsyncClient, "post", _recording(httpx.AsyncClient.post, bodies))
+    try:
+        await pipeline_prompt(seen, (SNIPPET,))
+    finally:
+        await seen.aclose()
+    assert b'"healed_prefix":" retur"' in bodies[0].replace(b": ", b":")
+    assert server == [(made.ids, made.forced_prefix)]
+
+
+def _recording(post: Callable[..., Any], bodies: list[bytes]) -> Callable[..., Any]:
+    async def record(self: httpx.AsyncClient, url: str, **kwargs: Any) -> Any:
+        bodies.append(httpx.Request("POST", "http://x", json=kwargs.get("json")).content)
+        return await post(self, url, **kwargs)
+
+    return record
