@@ -6,14 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from codeassist.lsp.repo_eval import (
-    HEURISTIC_ROWS,
-    choose_cases,
-    copy_heuristic,
-    cut_texts,
-    make_workspace,
-    source_texts,
-)
+from codeassist.evaluation.lines import choose_cases, cut_texts
+from codeassist.evaluation.repo import HEURISTIC_ROWS, copy_heuristic, make_workspace, source_texts
 
 WORD = re.compile(r"\w")
 

@@ -1,8 +1,8 @@
 """The repository-level eval: line cases from a real repository, a workspace copy with every
 target line cut, and the 20-line copy heuristic that any completion model has to beat.
 
-`choose_cases` picks lines across the repository's source files, deterministically for a seed;
-`make_workspace` copies the repository with each target line cut at its cursor (so no file holds
+The cases are evaluation.lines.choose_cases (lines across the repository's source files,
+deterministic for a seed); `make_workspace` copies the repository with each target line cut at its cursor (so no file holds
 an answer) and commits it as a git repository, as a user's workspace; `copy_heuristic` proposes
 the rest of the line that most often followed the longest text before the cursor seen elsewhere.
 `evaluate_repo` runs the real server once per configuration on the same cases (harness.py) and
@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import subprocess
 import tempfile
 import time
@@ -24,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from codeassist.lsp import harness
+from codeassist.evaluation import harness
+from codeassist.evaluation.lines import RepoCase, choose_cases, cut_texts
+from codeassist.evaluation.report import Report, Sample, score
 from codeassist.training.collect import BINARY_PROBE, list_candidates
 from codeassist.training.redaction import is_secret_filename
 
@@ -47,28 +48,10 @@ _GIT_ENV = {"GIT_AUTHOR_NAME": "codeassist eval", "GIT_AUTHOR_EMAIL": "eval@code
 
 
 @dataclass(frozen=True)
-class LineCase:
-    path: str  # relative to the repository root, '/'-separated
-    line: int
-    col: int  # code points into the line
-    expected: str  # the rest of the line, rstripped: what the cut removed
-    at_indent: bool  # the cursor sits at the line's indentation (else mid-line)
-
-
-@dataclass(frozen=True)
 class RepoResult:
     repo: str
     files: int  # source files the cases were drawn from
-    rows: dict[str, harness.Report]  # configuration or heuristic -> its report
-
-
-def is_word_char(ch: str) -> bool:
-    return ch.isalnum() or ch == "_"
-
-
-def is_word_boundary(line: str, col: int) -> bool:
-    """The server completes here: the cursor does not split a word."""
-    return col <= 0 or col >= len(line) or not (is_word_char(line[col - 1]) and is_word_char(line[col]))
+    rows: dict[str, Report]  # configuration or heuristic -> its report
 
 
 def _read_text(path: Path) -> str | None:
@@ -95,34 +78,6 @@ def source_texts(root: Path) -> dict[str, str]:
         if text is not None:
             out[rel] = text
     return out
-
-
-def choose_cases(texts: Mapping[str, str], n: int, seed: int) -> list[LineCase]:
-    """`n` lines with 2+ non-space characters; half cut at the indentation, half mid-line at a
-    word boundary (a line with no boundary inside its code is cut at its indentation)."""
-    rng = random.Random(seed)
-    candidates = [(rel, i) for rel in sorted(texts) for i, ln in enumerate(texts[rel].split("\n"))
-                  if len(ln.strip()) >= 2]
-    picks = rng.sample(candidates, min(n, len(candidates)))
-    mid_line = [k % 2 == 1 for k in range(len(picks))]
-    rng.shuffle(mid_line)
-    cases = []
-    for (rel, i), mid in zip(picks, mid_line, strict=True):
-        code = texts[rel].split("\n")[i].rstrip()
-        indent = len(code) - len(code.lstrip())
-        cols = [c for c in range(indent + 1, len(code)) if is_word_boundary(code, c)] if mid else []
-        col = rng.choice(cols) if cols else indent
-        cases.append(LineCase(rel, i, col, code[col:], not cols))
-    return sorted(cases, key=lambda c: (c.path, c.line))
-
-
-def cut_texts(texts: Mapping[str, str], cases: Sequence[LineCase]) -> dict[str, str]:
-    """rel path -> text with every target line of that file cut at its cursor."""
-    lines: dict[str, list[str]] = {}
-    for case in cases:
-        file_lines = lines.setdefault(case.path, texts[case.path].split("\n"))
-        file_lines[case.line] = file_lines[case.line][:case.col]
-    return {rel: "\n".join(ls) for rel, ls in lines.items()}
 
 
 def make_workspace(root: Path, dest: Path, cut: Mapping[str, str]) -> dict[str, str]:
@@ -189,14 +144,14 @@ def copy_heuristic(doc: str, offset: int, others: Sequence[str] = ()) -> str:
     return max(counts, key=lambda rest: counts[rest])  # max keeps the first of equal counts
 
 
-def case_offset(text: str, case: LineCase) -> int:
+def case_offset(text: str, case: RepoCase) -> int:
     lines = text.split("\n")
     return sum(len(ln) + 1 for ln in lines[:case.line]) + case.col
 
 
-def heuristic_reports(cases: Sequence[LineCase], copied: Mapping[str, str]) -> dict[str, harness.Report]:
+def heuristic_reports(cases: Sequence[RepoCase], copied: Mapping[str, str]) -> dict[str, Report]:
     """The copy heuristic on exactly the eval's cases, over the cut workspace copy."""
-    rows = {name: harness.Report() for name in HEURISTIC_ROWS}
+    rows = {name: Report() for name in HEURISTIC_ROWS}
     for case in cases:
         doc = copied[case.path]
         others = [copied[rel] for rel in sorted(copied) if rel != case.path]
@@ -204,9 +159,9 @@ def heuristic_reports(cases: Sequence[LineCase], copied: Mapping[str, str]) -> d
             t0 = time.perf_counter()
             predicted = copy_heuristic(doc, case_offset(doc, case), files)
             ms = (time.perf_counter() - t0) * 1e3
-            rows[name].cases.append(harness.Sample(case.path, case.line, case.col, case.expected, predicted, ms))
+            rows[name].cases.append(Sample(case.path, case.line, case.col, case.expected, predicted, ms))
     for report in rows.values():
-        harness.score(report)
+        score(report)
     return rows
 
 
@@ -220,7 +175,7 @@ async def evaluate_repo(root: Path, samples: int, seed: int, configs: Sequence[s
     with tempfile.TemporaryDirectory(prefix="codeassist-eval-") as tmp:
         workspace = Path(tmp) / root.resolve().name
         copied = make_workspace(root, workspace, cut_texts(texts, cases))
-        rows: dict[str, harness.Report] = {}
+        rows: dict[str, Report] = {}
         for name in configs:
             options = {"codeassist": {**settings, **CONFIGS[name]}}
             log.info("%s: %d cases, configuration %s", root, len(cases), name)
@@ -235,7 +190,7 @@ _COLUMNS = ("exact", "edit sim", "empty", "stray ws", "p50 ms", "p95 ms", "ready
             "index MB", "RSS MB")
 
 
-def row_figures(report: harness.Report) -> dict[str, float | None]:
+def row_figures(report: Report) -> dict[str, float | None]:
     """The table's figures for one row (None: not measured, e.g. the heuristic has no server)."""
     index = report.status.get("index")
     index = index if isinstance(index, dict) else {}

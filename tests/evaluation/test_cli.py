@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from codeassist.lsp.harness import edit_similarity, sample_positions
+from codeassist.evaluation.lines import sample_positions
+from codeassist.evaluation.report import edit_similarity
 
 SOURCE = '''import os
 
