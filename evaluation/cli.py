@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
-    from codeassist.cli.errors import UserError
+    from codeassist.model.errors import UserError
     from codeassist.evaluation import harness
     from codeassist.evaluation.report import Report, TypingReport
 
@@ -86,7 +86,7 @@ def run_repos(args: argparse.Namespace, cmd: list[str], settings: dict[str, obje
     import json
     from pathlib import Path
 
-    from codeassist.cli.errors import UserError
+    from codeassist.model.errors import UserError
     from codeassist.evaluation import repo as repo_eval
 
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]

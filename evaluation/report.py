@@ -28,8 +28,20 @@ class Sample:
     latency_ms: float
 
 
+class _PerCase:
+    """to_dict: the figures, with the per-case list (`_per_case`) only when asked for."""
+
+    _per_case = "cases"
+
+    def to_dict(self, with_cases: bool = False) -> dict[str, Any]:
+        d = asdict(self)  # type: ignore[call-overload]
+        if not with_cases:
+            d.pop(self._per_case)
+        return dict(d)
+
+
 @dataclass
-class Report:
+class Report(_PerCase):
     samples: int = 0
     exact_match: float = 0.0
     edit_similarity: float = 0.0
@@ -43,15 +55,10 @@ class Report:
     status: dict[str, Any] = field(default_factory=dict)
     cases: list[Sample] = field(default_factory=list)
 
-    def to_dict(self, with_cases: bool = False) -> dict[str, Any]:
-        d = asdict(self)
-        if not with_cases:
-            d.pop("cases")
-        return d
-
 
 @dataclass
-class TypingReport:
+class TypingReport(_PerCase):
+    _per_case = "latencies_ms"
     keystrokes: int = 0
     answered: int = 0
     p50_ms: float = 0.0
@@ -61,12 +68,6 @@ class TypingReport:
     cache_hits: int = 0
     ready_s: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
-
-    def to_dict(self, with_cases: bool = False) -> dict[str, Any]:
-        d = asdict(self)
-        if not with_cases:
-            d.pop("latencies_ms")
-        return d
 
 
 def edit_similarity(a: str, b: str) -> float:
