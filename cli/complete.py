@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from codeassist.cli.errors import UserError
+from codeassist.model.errors import UserError
 
 SNIFF_BYTES = 8192
 

@@ -45,6 +45,7 @@ from typing import Any
 import httpx
 
 from codeassist.model.fim_templates import TEMPLATE_NAMES, FimTemplate, for_model_name, get_template
+from codeassist.remote.schema import CompletionRequest
 from codeassist.remote.settings import APIS, RemoteSettings  # the one remote-settings type
 
 __all__ = ["APIS", "SESSION_HEADER", "SESSION_ID", "RemoteClient", "RemoteError", "RemoteSettings",
@@ -157,18 +158,21 @@ class RemoteClient:
                                          "stream": False, "raw": True, "options": options}
             return "/api/generate", {"model": s.model, "prompt": prefix, "suffix": suffix, "stream": False,
                                      "raw": False, "options": options}
-        body: dict[str, Any] = {"prompt": prefix, "max_tokens": max_tokens, "temperature": temperature,
-                                "stop": stop or None}
+        ours = s.api == "codeassist"
+        fields: dict[str, Any] = {"prompt": prefix, "max_tokens": max_tokens, "temperature": temperature,
+                                  "stop": stop or None}
         if self.template is not None:
-            body["prompt"] = self.template.build(prefix, suffix)  # no suffix field: vLLM and TGI refuse it
+            fields["prompt"] = self.template.build(prefix, suffix)  # no suffix field: vLLM and TGI refuse it
         elif suffix:
-            body["suffix"] = suffix
+            fields["suffix"] = suffix
         if s.model:
-            body["model"] = s.model
-        if s.api == "codeassist":
-            body["truncate_prompt_tokens"] = -1
-            if healed is not None:  # our extension: other servers are never sent it
-                body["healed_prefix"] = healed
+            fields["model"] = s.model
+        if ours:
+            fields["truncate_prompt_tokens"] = -1
+        if ours and healed is not None:  # our extension: other servers are never sent it
+            fields["healed_prefix"] = healed
+        # the wire contract's model (remote/schema.py) checks the body; only the fields set are sent
+        body = CompletionRequest(**fields).model_dump(exclude_unset=True)
         return "/v1/completions", body
 
     def _parse(self, response: httpx.Response) -> str:
