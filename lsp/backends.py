@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from codeassist.model.errors import UserFacingError
 from codeassist.model.prompting import Prompt, strip_forced
-from codeassist.model.stop_policy import StopPolicy
+from codeassist.model.stops import StopRules
 from codeassist.model.tokenizer import TokenizerError
 from codeassist.remote.settings import RemoteSettings
 
@@ -37,7 +37,7 @@ class CompletionRequest:
     prompt: Prompt
     max_tokens: int
     temperature: float = 0.0
-    stop: StopPolicy = field(default_factory=StopPolicy)  # decided while decoding; never inside prompt.forced
+    stop: StopRules = field(default_factory=StopRules)  # the policy's; its budget fields are ignored
     time_budget_s: float | None = None
     reuse_prefix: bool = True
     copy: tuple[str, ...] = ()  # copy candidates (begin with prompt.forced); the model decides
@@ -158,7 +158,7 @@ class LocalBackend:
 
     @staticmethod
     def _generate(engine: Engine, request: CompletionRequest, cancel: threading.Event) -> BackendResult:
-        from codeassist.model.engine import CopyParams, GenerationRequest, StopRules
+        from codeassist.model.engine import CopyParams, GenerationRequest
         from codeassist.model.sampling import SamplingParams
 
         if cancel.is_set():
@@ -169,8 +169,7 @@ class LocalBackend:
         req = GenerationRequest(
             prompt=prompt.ids, forced_prefix=prompt.forced_prefix,
             sampling=SamplingParams(temperature=request.temperature),
-            stop=StopRules(max_new_tokens=request.max_tokens, stop_strings=request.stop.strings,
-                           time_budget_s=request.time_budget_s),
+            stop=replace(request.stop, max_new_tokens=request.max_tokens, time_budget_s=request.time_budget_s),
             copy=CopyParams(candidates=request.copy))
         result = engine.generate(req, cancel)
         return BackendResult(strip_forced(result.text, prompt.forced), result.stop_reason,

@@ -23,7 +23,8 @@ from codeassist.lsp.settings import Settings
 from codeassist.lsp.workspace import WorkspaceIndex
 from codeassist.model.copy import Candidate
 from codeassist.model.prompting import TAIL_TOKENS, Prompt, strip_forced
-from codeassist.model.stop_policy import StopPolicy, stop_policy
+from codeassist.model.stop_policy import stop_policy
+from codeassist.model.stops import StopRules
 from codeassist.model.tokenization import Tokenizer, resolve
 
 log = logging.getLogger(__name__)
@@ -184,10 +185,10 @@ class Pipeline:
         return self.workspace.candidates(ctx.uri, cursor, list(prompt.tail), prompt.forced, limit=1, typed=typed)
 
 
-def stops_for(ctx: CompletionContext, mode: Mode) -> StopPolicy:
+def stops_for(ctx: CompletionContext, mode: Mode) -> StopRules:
     """Stops decided while decoding (the one policy's): the newline in LINE mode; in BLOCK a new
-    top-level unit or the code below the cursor."""
-    return stop_policy(ctx.suffix, ctx.language, line=mode is Mode.LINE)
+    top-level unit, a line dedented below the block, or the code below the cursor."""
+    return stop_policy(ctx.suffix, ctx.language, line=mode is Mode.LINE, line_prefix=ctx.line_prefix)
 
 
 def _ms(t0: float) -> float:

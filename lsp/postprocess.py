@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from codeassist.lsp.context import CompletionContext, Mode
 from codeassist.model.stop_policy import next_code_line
+from codeassist.model.stops import dedent_cut
 
 _OPEN = {"(": ")", "[": "]", "{": "}"}
 _CLOSE = {")": "(", "]": "[", "}": "{"}
-_CONTINUES = ("else", "elif", "except", "finally", "case", "}")
 _REPEAT = re.compile(r"(.{1,40}?)\1{4,}", re.DOTALL)
 
 
@@ -42,18 +42,10 @@ def first_line_only(text: str, pc: PostContext) -> str | None:
 
 
 def stop_at_dedent(text: str, pc: PostContext) -> str | None:
-    """Cut at the first later line indented less than the start, or ending the block it opened."""
-    lines = text.split("\n")
-    base = _base_indent(text, pc)
-    opens = (pc.ctx.line_prefix + lines[0]).rstrip().endswith((":", "{"))
-    for i, line in enumerate(lines[1:], start=1):
-        if not line.strip():
-            continue
-        ind = _indent(line)
-        if ind < base or (opens and ind <= base and not line.strip().startswith(_CONTINUES)):
-            keep = i + 1 if line.strip()[0] in _CLOSE else i  # a closing bracket ends the block
-            return "\n".join(lines[:keep]).rstrip()
-    return text
+    """Cut at the first later line indented less than the start, or ending the block it opened
+    (model/stops.py's rule, which BLOCK requests also stop at while decoding; a remote server does not)."""
+    cut = dedent_cut(text, pc.ctx.line_prefix)
+    return text if cut is None else text[:cut]
 
 
 def stop_at_blank_after_block(text: str, pc: PostContext) -> str | None:

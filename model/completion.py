@@ -6,8 +6,9 @@ report call it. The prompt is the one builder's (model/prompting.py) and the sto
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
-from codeassist.model.engine import Engine, GenerationRequest, GenerationResult, StopRules
+from codeassist.model.engine import Engine, GenerationRequest, GenerationResult
 from codeassist.model.prompting import Prompt, build_prompt, strip_forced
 from codeassist.model.sampling import SamplingParams
 from codeassist.model.stop_policy import PLAIN_LANGUAGE, stop_policy
@@ -30,11 +31,11 @@ def complete(engine: Engine, prefix: str, suffix: str = "", max_new_tokens: int 
         max_new_tokens = max(1, context // 2)
         budget = context - max_new_tokens
     prompt = build_prompt(prefix, suffix, budget, tokenizer=engine.tokenizer)
-    policy = stop_policy(suffix, PLAIN_LANGUAGE, line=False)
-    strings = policy.strings if stop is None else (*stop, *((policy.suffix_line,) if policy.suffix_line else ()))
+    rules = stop_policy(suffix, PLAIN_LANGUAGE, line=False)
+    if stop is not None:
+        rules = replace(rules, stop_strings=stop)
     req = GenerationRequest(prompt=prompt.ids, forced_prefix=prompt.forced_prefix, seed=seed,
                             sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p),
-                            stop=StopRules(max_new_tokens=max_new_tokens, stop_strings=strings,
-                                           time_budget_s=time_budget_s))
+                            stop=replace(rules, max_new_tokens=max_new_tokens, time_budget_s=time_budget_s))
     result = engine.generate(req, cancel)
     return strip_forced(result.text, prompt.forced), result

@@ -1,33 +1,29 @@
-"""The one stop policy: where a suggestion ends, decided while decoding.
+"""The one stop policy: which stop rules (model/stops.py) a suggestion gets, all decided while decoding.
 
 Every entry point asks here: the language server (LINE mode ends at the newline; BLOCK mode at a
-new top-level unit or the code below the cursor), `codeassist complete` and the team server's seed
-API (a block), and the remote backend, which sends the policy's strings to the server. The rule
-"the model has reached the code after the cursor" is `next_code_line`, which post-processing
-(lsp/postprocess.py) also reads to drop a suggestion that repeats that line.
+new top-level unit, a line dedented below the block, or the code below the cursor), `codeassist
+complete` and the team server's seed API (a Python block, without the dedent rule: they have no
+editor line), and the remote backend, which sends the rules' strings (`StopRules.strings`) to the
+server. The rule "the model has reached the code after the cursor" is `next_code_line`, which
+post-processing (lsp/postprocess.py) also reads to drop a suggestion that repeats that line.
+
+The policy leaves the budget out (max_new_tokens, time_budget_s): the caller sets it with
+`dataclasses.replace`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from codeassist.model.stops import StopRules
 
-__all__ = ["BLOCK_STOPS", "MIN_SUFFIX_STOP_CHARS", "PLAIN_LANGUAGE", "StopPolicy", "block_stops", "next_code_line", "stop_policy"]
+__all__ = ["BLOCK_STOPS", "MIN_SUFFIX_STOP_CHARS", "PLAIN_LANGUAGE", "block_stops", "next_code_line",
+           "stop_policy"]
 
-# Statements that start a new top-level unit end a block suggestion; a blank pair ends any block.
+# Statements that start a new top-level unit end a block suggestion, most decisive first (a server
+# that takes only a few stop strings gets the first ones); a blank pair ends a block in any language.
 BLOCK_STOPS: dict[str, tuple[str, ...]] = {"python": ("\n\n\n", "\ndef ", "\nclass ", "\nif __name__", "\n@")}
 PARAGRAPH_STOP = "\n\n\n"
 MIN_SUFFIX_STOP_CHARS = 8  # a shorter next line (`)`, `pass`, `}`) is too common to stop at
-PLAIN_LANGUAGE = "python"  # `codeassist complete` and the seed API know no language: theirs are Python's blocks
-
-
-@dataclass(frozen=True)
-class StopPolicy:
-    """Stop strings, in the order a server that takes only a few should get them (most decisive
-    first); generation ends before the first occurrence of any of them."""
-
-    strings: tuple[str, ...] = ()
-    line: bool = False  # LINE mode: the first newline ends the suggestion (it is in `strings` too)
-    suffix_line: str = ""  # the next line of code after the cursor's (stripped), when it is a stop
+PLAIN_LANGUAGE = "python"  # `codeassist complete` and the seed API know no language: Python's blocks
 
 
 def next_code_line(suffix: str) -> str:
@@ -40,12 +36,12 @@ def block_stops(language: str) -> tuple[str, ...]:
     return BLOCK_STOPS.get(language, (PARAGRAPH_STOP,))
 
 
-def stop_policy(suffix: str, language: str, *, line: bool) -> StopPolicy:
+def stop_policy(suffix: str, language: str, *, line: bool, line_prefix: str | None = None) -> StopRules:
     """The stops for a suggestion at a cursor before `suffix`: the newline for one line; for a
-    block, the language's block stops and the next line of code (the model has reached it)."""
+    block, the language's block stops, the next line of code (the model has reached it) and, given
+    the cursor's line before the cursor (`line_prefix`), a line dedented below the block."""
     if line:
-        return StopPolicy(strings=("\n",), line=True)
+        return StopRules(stop_at_newline=True)
     nxt = next_code_line(suffix)
-    if len(nxt) < MIN_SUFFIX_STOP_CHARS:
-        nxt = ""
-    return StopPolicy(strings=(*block_stops(language), *((nxt,) if nxt else ())), suffix_line=nxt)
+    return StopRules(stop_strings=block_stops(language), dedent_line_prefix=line_prefix,
+                     suffix_line=nxt if len(nxt) >= MIN_SUFFIX_STOP_CHARS else "")

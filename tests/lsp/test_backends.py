@@ -11,12 +11,12 @@ from codeassist.lsp.backends import CompletionRequest, LocalBackend, RemoteBacke
 from codeassist.lsp.context import build_context
 from codeassist.lsp.prompt import prompt_for
 from codeassist.lsp.settings import RemoteConfig
-from codeassist.model.stop_policy import StopPolicy
+from codeassist.model.stops import StopRules
 
 
 def request(text: str, max_tokens: int = 8, stop: tuple[str, ...] = ()) -> CompletionRequest:
     ctx = build_context("file:///a.py", "python", text, len(text))
-    return CompletionRequest(prompt_for(ctx, 128), max_tokens=max_tokens, stop=StopPolicy(stop))
+    return CompletionRequest(prompt_for(ctx, 128), max_tokens=max_tokens, stop=StopRules(stop_strings=stop))
 
 
 async def test_local_backend_loads_in_background_and_heals(tiny_model_path: Path) -> None:

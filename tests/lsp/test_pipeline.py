@@ -20,6 +20,7 @@ async def test_completion_goes_through_backend_and_postprocessing() -> None:
     assert got.text == "print(os.getcwd())\n    return 0" and got.mode is Mode.BLOCK
     req = fake.requests[0]
     assert req.prompt.forced == "    " and "\ndef " in req.stop.strings
+    assert req.stop.dedent_line_prefix == "    "  # BLOCK: a dedent ends the block while decoding
     assert len(req.prompt.ids) + req.max_tokens <= 1024
 
 

@@ -4,7 +4,8 @@ import pytest
 
 from codeassist.model import tokenizer as tok
 from codeassist.model.prompting import build_prompt, strip_forced
-from codeassist.model.stop_policy import StopPolicy, next_code_line, stop_policy
+from codeassist.model.stop_policy import next_code_line, stop_policy
+from codeassist.model.stops import StopRules
 
 
 def body_text(ids: tuple[int, ...], fim: bool) -> str:
@@ -61,12 +62,14 @@ def test_next_code_line(suffix: str, line: str) -> None:
 
 
 def test_line_mode_stops_at_the_newline_only() -> None:
-    assert stop_policy("\n    return total_sum\n", "python", line=True) == StopPolicy(("\n",), line=True)
+    rules = stop_policy("\n    return total_sum\n", "python", line=True, line_prefix="    x = ")
+    assert rules == StopRules(stop_at_newline=True) and rules.strings == ("\n",)
 
 
-def test_block_mode_stops_at_a_new_unit_and_at_the_code_below() -> None:
-    py = stop_policy("\n    return total_sum\n", "python", line=False)
+def test_block_mode_stops_at_a_new_unit_a_dedent_and_the_code_below() -> None:
+    py = stop_policy("\n    return total_sum\n", "python", line=False, line_prefix="    ")
     assert py.strings == ("\n\n\n", "\ndef ", "\nclass ", "\nif __name__", "\n@", "return total_sum")
-    assert py.suffix_line == "return total_sum" and not py.line
-    # a short next line (`pass`, `}`) is too common to stop at; other languages stop at a blank pair
-    assert stop_policy("\n}\n", "go", line=False) == StopPolicy(("\n\n\n",))
+    assert py.suffix_line == "return total_sum" and not py.stop_at_newline and py.dedent_line_prefix == "    "
+    # a short next line (`pass`, `}`) is too common to stop at; other languages stop at a blank pair;
+    # without the cursor's line (codeassist complete, the seed API) there is no dedent rule
+    assert stop_policy("\n}\n", "go", line=False) == StopRules(stop_strings=("\n\n\n",))
