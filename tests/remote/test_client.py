@@ -148,13 +148,18 @@ def test_the_client_side_imports_no_torch() -> None:
 
 
 
-async def test_block_stops_beyond_our_servers_four_still_hold(shared_server: Live) -> None:
-    """Our server takes at most 4 stops: the client asks again with 4 and applies the rest itself,
-    so the answer equals the model's run with all of them (they used to be cut to 4 silently)."""
+async def test_block_stops_beyond_four_reach_our_server_and_hold(shared_server: Live,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our server takes 16 stops: the editor's block stops and its next line go in one request and
+    the server decodes with all of them (it used to refuse more than 4, and the client cut them)."""
     prefix = "import os\nx = "
     free, _ = complete(tiny_engine(), prefix, "", max_new_tokens=12)
     assert len(free) > 8
     stops = ["\n\n\n", "\ndef ", "\nclass ", "\nif __name__", "\n@", free[4:8]]  # the sixth is met
+    submitted: list[tuple[str, ...]] = []
+    submit = shared_server.state.scheduler.submit
+    monkeypatch.setattr(shared_server.state.scheduler, "submit",
+                        lambda jobs: submitted.append(jobs[0].stop) or submit(jobs))
     client = RemoteClient(RemoteSettings(url=shared_server.url))
     try:
         got = await client.complete(prefix, "", max_tokens=12, temperature=0.0, stop=stops)
@@ -162,3 +167,4 @@ async def test_block_stops_beyond_our_servers_four_still_hold(shared_server: Liv
         await client.aclose()
     want, _ = complete(tiny_engine(), prefix, "", max_new_tokens=12, stop=tuple(stops))
     assert got == want and len(want) <= 4 < len(free)
+    assert submitted == [tuple(stops)]  # one request, every stop decided while decoding
