@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from codeassist.lsp.client import LspClient
+from codeassist.lsp.client import EditorClient, uri_of
 from codeassist.lsp.harness import LANGUAGES, server_command
 
 
@@ -26,13 +26,13 @@ async def demo(path: Path, model: str | None, workspace: Path | None = None) -> 
     lines = text.split("\n")
     line, col = len(lines) - 1, len(lines[-1].encode("utf-16-le")) // 2
     t0 = time.perf_counter()
-    client = await LspClient.start(server_command(model))
+    client = await EditorClient.start(server_command(model))
     try:
         await client.initialize({"codeassist": {}}, workspace=workspace)
         status = await client.wait_ready()
         while workspace is not None and not (status.get("index") or {}).get("ready", True):
             await asyncio.sleep(0.1)
-            status = await client.request("codeassist/status", {})
+            status = await client.status()
         if not status.get("ready"):
             print(f"the server answers, but the model is not ready: {status.get('lastReason')}")
             return 1
@@ -41,23 +41,19 @@ async def demo(path: Path, model: str | None, workspace: Path | None = None) -> 
         if status.get("index"):
             ix = status["index"]
             print(f"workspace {workspace}: {ix['files']} files, {ix['tokens']} tokens indexed in {ix['buildMs']:.0f} ms")
-        uri = path.resolve().as_uri()
-        client.notify("textDocument/didOpen", {"textDocument": {
-            "uri": uri, "languageId": LANGUAGES.get(path.suffix, "plaintext"), "version": 1, "text": text}})
+        uri = uri_of(path)
+        client.open(uri, LANGUAGES.get(path.suffix, "plaintext"), text)
         t1 = time.perf_counter()
-        result = await client.request("textDocument/inlineCompletion", {
-            "textDocument": {"uri": uri}, "position": {"line": line, "character": col},
-            "context": {"triggerKind": 1}})
+        items = await client.inline(uri, line, col, invoked=True)
         ms = (time.perf_counter() - t1) * 1e3
-        items = (result or {}).get("items") or []
-        status = await client.request("codeassist/status", {})
+        status = await client.status()
     finally:
         await client.close()
     print(f"textDocument/inlineCompletion at line {line + 1}, column {col + 1}: {ms:.0f} ms")
     if not items:
         print(f"no suggestion: {status.get('lastReason')}")
         return 0
-    suggestion = items[0]["insertText"]
+    suggestion = items[0]
     copied = " (it follows the workspace's own code)" if status.get("copiesTaken") else ""
     print(f"suggestion: {suggestion!r}{copied}")
     print("--- the file with the suggestion accepted ---")

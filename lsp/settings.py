@@ -12,7 +12,7 @@ and `{"remote.url": ...}` are read.
 # no `from __future__ import annotations`: cattrs reads the Annotated constraints at run time
 import fnmatch
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
 import cattrs
@@ -139,14 +139,16 @@ def _all_keys() -> dict[str, Any]:
     return keys
 
 
+_DEFAULTS = _converter.unstructure(Settings())
 _TYPES = _all_keys()
 SETTING_KEYS = tuple(_TYPES)
 SETTING_CHOICES = {key: c.choices for key, kind in _TYPES.items() for c in _constraints(kind) if isinstance(c, OneOf)}
 
 
 def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, list[str]]:
-    """(settings, warnings). `raw` is the `codeassist` object, or a dict holding one; keys it lacks
-    keep their value in `base`."""
+    """(settings, warnings). `raw` is the `codeassist` object, or a dict holding one. Only the keys
+    it names change: the rest keep their value in `base`, which is not checked again (the command
+    line may set values the editor may not, such as the tests' fake backend)."""
     settings = base or Settings()
     if raw is None:
         return settings, []
@@ -154,27 +156,31 @@ def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, li
         return settings, ["codeassist settings must be an object; defaults are used"]
     if isinstance(raw.get("codeassist"), dict):
         raw = raw["codeassist"]
-    wire = _converter.unstructure(settings)
     given = _nest_remote(_flatten_context(raw))
-    merged = wire | {k: v for k, v in given.items() if k != "remote"}
-    if "remote" in given:
-        remote = given["remote"]
-        merged["remote"] = wire["remote"] | remote if isinstance(remote, dict) else remote
+    candidate = _DEFAULTS | given
+    if isinstance(given.get("remote"), dict):
+        candidate["remote"] = _DEFAULTS["remote"] | given["remote"]
+    warnings: list[str] = []
     try:
-        return _converter.structure(merged, Settings), []
+        parsed = _converter.structure(candidate, Settings)
     except cattrs.ClassValidationError as exc:
-        warnings = []
         for path in _failed_keys(exc):
-            *parent, key = path
-            given_value = merged["remote"][key] if parent else merged[key]
-            use = f" (use {', '.join(SETTING_CHOICES[_dotted(path)])})" if _dotted(path) in SETTING_CHOICES else ""
-            warnings.append(f"codeassist.{_dotted(path)} has an invalid value {given_value!r}{use}; "
+            key = _dotted(path)
+            parent, default = (given["remote"], _DEFAULTS["remote"]) if len(path) == 2 else (given, _DEFAULTS)
+            use = f" (use {', '.join(SETTING_CHOICES[key])})" if key in SETTING_CHOICES else ""
+            warnings.append(f"codeassist.{key} has an invalid value {parent.pop(path[-1])!r}{use}; "
                             "the default is kept")
-            if parent:
-                merged["remote"][key] = wire["remote"][key]
-            else:
-                merged[key] = wire[key]
-        return _converter.structure(merged, Settings), warnings
+            (candidate["remote"] if len(path) == 2 else candidate)[path[-1]] = default[path[-1]]
+        parsed = _converter.structure(candidate, Settings)
+    named = _named(parsed, given, Settings)
+    if "remote" in named:  # field by field: the remote keys not given keep theirs too
+        named["remote"] = replace(settings.remote, **_named(parsed.remote, given["remote"], RemoteSettings))
+    return replace(settings, **named), warnings
+
+
+def _named(parsed: Any, given: dict[str, Any], cls: type) -> dict[str, Any]:
+    """The fields of `parsed` whose wire keys `given` names."""
+    return {name: getattr(parsed, name) for name, key in _wire_keys(cls).items() if key in given}
 
 
 def _dotted(path: tuple[str, ...]) -> str:
@@ -189,9 +195,10 @@ def _flatten_context(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _nest_remote(raw: dict[str, Any]) -> dict[str, Any]:
+    """A copy with `remote.x` keys moved into the remote object (a copy too: parsing edits it)."""
     dotted = {k.removeprefix("remote."): v for k, v in raw.items() if k.startswith("remote.")}
     out = {k: v for k, v in raw.items() if not k.startswith("remote.")}
-    if dotted:
+    if dotted or isinstance(out.get("remote"), dict):
         out["remote"] = (out["remote"] if isinstance(out.get("remote"), dict) else {}) | dotted
     return out
 

@@ -81,3 +81,17 @@ def test_a_remote_that_is_not_an_object_keeps_its_default() -> None:
 def test_the_api_key_stays_out_of_the_settings_repr() -> None:
     s, _ = parse_settings({"remote": {"apiKey": "k-secret-123"}})
     assert s.remote.api_key == "k-secret-123" and "k-secret-123" not in repr(s)
+
+
+def test_values_the_command_line_set_are_not_checked_again() -> None:
+    """`codeassist lsp --backend fake` (tests, benchmarks) is no editor setting, and must survive one."""
+    from dataclasses import replace
+
+    s, warnings = parse_settings({"maxTokens": 9, "backend": "cloud"}, replace(Settings(), backend="fake"))
+    assert (s.backend, s.max_tokens) == ("fake", 9) and len(warnings) == 1
+
+
+def test_parsing_leaves_the_given_object_as_it_was() -> None:
+    raw = {"remote": {"api": "grpc", "url": "http://a"}, "maxTokens": "x"}
+    parse_settings(raw)
+    assert raw == {"remote": {"api": "grpc", "url": "http://a"}, "maxTokens": "x"}
