@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from codeassist.model.causal_lm import CausalLM, KVCache, attend
 from codeassist.model.gpt import gelu_tanh
+from codeassist.model.quant_layers import fused_linear
 
 MODEL_TYPES = ("llama", "qwen2", "starcoder2")
 ROPE_TYPES = ("default", "linear")
@@ -188,9 +189,10 @@ class LlamaAttention(nn.Module):
                 input_pos: torch.Tensor | None, kv_len: int) -> torch.Tensor:
         B, T, _ = x.size()
         hs = self.head_dim
-        q = self.q_proj(x).view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, T, hs)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, hs).transpose(1, 2)
+        q, k, v = fused_linear(x, (self.q_proj, self.k_proj, self.v_proj))  # one int8 call on a CPU
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, T, hs)
+        v = v.view(B, T, self.n_kv_head, hs).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         y = attend(q, k, v, self.kv_cache, input_pos, kv_len, self.dropout if self.training else 0.0)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * hs))
@@ -205,7 +207,8 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(H, C, bias=config.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = fused_linear(x, (self.gate_proj, self.up_proj))
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Starcoder2MLP(nn.Module):

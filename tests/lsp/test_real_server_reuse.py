@@ -28,7 +28,7 @@ TRACED_SERVER = textwrap.dedent("""
     import torch
     from codeassist.lsp.server import CodeassistServer, default_backend_factory, serve_stdio
     from codeassist.lsp.settings import Settings
-    from codeassist.model import engine as engine_mod, quantized
+    from codeassist.model import engine as engine_mod, quant_layers as quantized
 
     model, step_s = sys.argv[1], float(sys.argv[2])
     trace = {"results": [], "steps": 0, "modules": {}, "int8Calls": 0, "referenceCalls": 0}

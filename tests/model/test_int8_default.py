@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 import torch
 
-from codeassist.model import quantized
+from codeassist.model import quant_layers as quantized
 from codeassist.model import tokenizer as tok
 from codeassist.model.engine import Engine, GenerationRequest, StopRules
 from codeassist.model.quantized import Int8Embedding, Int8Linear, TiedHead
 from codeassist.model.speculative import SpeculationParams
+from codeassist.remote.batch import BatchState
 
 
 def assert_int8_modules(engine: Engine) -> None:
@@ -75,9 +76,15 @@ def test_the_default_model_generates_with_int8_kernels(reference_calls: list[str
     one = engine.generate(GenerationRequest(prompt=prompt, stop=stop))
     spec = engine.generate(GenerationRequest(prompt=prompt, stop=stop,
                                              speculation=SpeculationParams(method="prompt_lookup")))
-    batch = engine.generate_batch([GenerationRequest(prompt=prompt, stop=stop),
-                                   GenerationRequest(prompt=prompt[:-3], stop=stop)])
-    assert len(one.tokens) == len(spec.tokens) == 6 and [len(r.tokens) for r in batch] == [6, 6]
+    # the batch path (the team server's rows): a right-padded prefill of two prompts, 5 decode steps
+    batch = BatchState(engine.model, 2, engine.device, engine.dtype, engine.context_tokens)
+    rows = [batch.prefill([list(prompt), list(prompt[:-3])]).argmax(-1).tolist()]
+    for _ in range(5):
+        for row, token in zip(batch.rows, rows[-1], strict=True):
+            row.token = token
+        rows.append(batch.decode().argmax(-1).tolist())
+    batch.close()
+    assert len(one.tokens) == len(spec.tokens) == 6 and [len(r) for r in zip(*rows, strict=True)] == [6, 6]
     assert reference_calls == []  # no layer fell back to dequantized weights
     # every forward pass ran the 24 block linears and the head through the int8 kernel
     passes = 6 + 1 + 2  # decode steps and prefills, at least, of the three generations

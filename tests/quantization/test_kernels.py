@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from codeassist.model import quantized as q
+from codeassist.model import quant_layers as q
 from codeassist.quantization.rtn import quantize_int4, quantize_int8
 
 
