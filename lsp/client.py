@@ -160,7 +160,7 @@ class LspClient:
 def _converter() -> cattrs.Converter:
     """pygls's converter, except that results of methods it does not know (codeassist/status) stay
     plain JSON values: pygls would turn them into namedtuples, renaming keys that are not names."""
-    converter = default_converter()
+    converter: cattrs.Converter = default_converter()  # type: ignore[no-untyped-call]
     converter.register_structure_hook(JsonRPCResponseMessage, lambda obj, cls: cls(**obj))
     return converter
 
@@ -267,6 +267,6 @@ class EditorClient:
             self.proc.kill()
             code = await self.proc.wait()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.client.stop(), timeout)
+            await asyncio.wait_for(self.client.stop(), timeout)  # type: ignore[no-untyped-call]
         self._stderr.cancel()
         return code
