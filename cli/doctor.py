@@ -20,7 +20,8 @@ def diagnose(model: str, device: str) -> tuple[dict[str, Any], list[str]]:
     import torch
 
     from codeassist.model.checkpoint import ModelFileError
-    from codeassist.model.engine import Engine, GenerationRequest, StopRules, pick_device
+    from codeassist.model.engine import Engine, GenerationRequest, pick_device
+    from codeassist.model.stops import StopRules
     from codeassist.model.store import data_dir, list_models, resolve_model
     from codeassist.model.tokenizer import TokenizerError, encode
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from codeassist.lsp.client import EditorClient, uri_of
-from codeassist.lsp.harness import LANGUAGES, server_command
+from codeassist.lsp.launch import language_of, server_command
 
 
 async def demo(path: Path, model: str | None, workspace: Path | None = None) -> int:
@@ -42,7 +42,7 @@ async def demo(path: Path, model: str | None, workspace: Path | None = None) -> 
             ix = status["index"]
             print(f"workspace {workspace}: {ix['files']} files, {ix['tokens']} tokens indexed in {ix['buildMs']:.0f} ms")
         uri = uri_of(path)
-        client.open(uri, LANGUAGES.get(path.suffix, "plaintext"), text)
+        client.open(uri, language_of(path.suffix), text)
         t1 = time.perf_counter()
         items = await client.inline(uri, line, col, invoked=True)
         ms = (time.perf_counter() - t1) * 1e3

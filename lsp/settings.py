@@ -20,9 +20,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 
 from codeassist.remote.settings import Between, OneOf, RemoteSettings
 
-__all__ = ["SETTING_CHOICES", "SETTING_KEYS", "RemoteConfig", "RemoteSettings", "Settings", "parse_settings"]
-
-RemoteConfig = RemoteSettings  # the old name, for lsp/backends.py until it imports RemoteSettings
+__all__ = ["SETTING_CHOICES", "SETTING_KEYS", "RemoteSettings", "Settings", "parse_settings"]
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from codeassist.cli.complete import cursor_offset
-from codeassist.cli.errors import UserError
 from codeassist.model.completion import complete
 from codeassist.model.engine import Engine
+from codeassist.model.errors import UserError
 
 
 def run_cli(*args: str, stdin: bytes | None = None, home: Path) -> subprocess.CompletedProcess[str]:

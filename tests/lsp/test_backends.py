@@ -10,8 +10,8 @@ import codeassist.remote.client  # noqa: F401  (RemoteBackend imports it lazily;
 from codeassist.lsp.backends import CompletionRequest, LocalBackend, RemoteBackend
 from codeassist.lsp.context import build_context
 from codeassist.lsp.prompt import prompt_for
-from codeassist.lsp.settings import RemoteConfig
 from codeassist.model.stops import StopRules
+from codeassist.remote.settings import RemoteSettings
 
 
 def request(text: str, max_tokens: int = 8, stop: tuple[str, ...] = ()) -> CompletionRequest:
@@ -88,15 +88,15 @@ async def test_remote_backend_delegates_to_the_client() -> None:
         seen.append(json.loads(r.content))
         return httpx.Response(200, json={"choices": [{"text": "compute(1)"}]})
 
-    backend = RemoteBackend(RemoteConfig(url="http://127.0.0.1:9", api="openai"), httpx.MockTransport(handler))
+    backend = RemoteBackend(RemoteSettings(url="http://127.0.0.1:9", api="openai"), httpx.MockTransport(handler))
     assert backend.status().ready
     got = await backend.complete(request("import os\nx = "))
     assert got.text == "compute(1)"
     assert seen[0]["prompt"].endswith("x = ")
-    failing = RemoteBackend(RemoteConfig(url="http://127.0.0.1:9", api="openai"),
+    failing = RemoteBackend(RemoteSettings(url="http://127.0.0.1:9", api="openai"),
                             httpx.MockTransport(lambda r: httpx.Response(503)))
     bad = await failing.complete(request("x = "))
     assert bad.text == "" and bad.reason and "503" in bad.reason
-    assert not RemoteBackend(RemoteConfig()).status().ready
+    assert not RemoteBackend(RemoteSettings()).status().ready
     await backend.aclose()
     await failing.aclose()

@@ -5,7 +5,8 @@ import httpx
 import codeassist.remote.client  # noqa: F401  (RemoteBackend imports it lazily; broken, it fails here)
 from codeassist.lsp.backends import CompletionRequest, FakeBackend, RemoteBackend, make_backend
 from codeassist.lsp.prompt import Prompt
-from codeassist.lsp.settings import RemoteConfig, parse_settings
+from codeassist.lsp.settings import parse_settings
+from codeassist.remote.settings import RemoteSettings
 
 
 def refuse(request: httpx.Request) -> httpx.Response:
@@ -17,7 +18,7 @@ REQUEST = CompletionRequest(prompt=Prompt(ids=(1, 2), forced="", prefix="x = ", 
 
 async def test_unreachable_server_falls_back_to_the_local_backend() -> None:
     local = FakeBackend(respond=lambda r: "local_answer()")
-    backend = RemoteBackend(RemoteConfig(url="http://127.0.0.1:9", timeout_ms=500),
+    backend = RemoteBackend(RemoteSettings(url="http://127.0.0.1:9", timeout_ms=500),
                             transport=httpx.MockTransport(refuse), fallback=local)
     result = await backend.complete(REQUEST)
     assert result.text == "local_answer()" and local.requests == [REQUEST]
@@ -26,7 +27,7 @@ async def test_unreachable_server_falls_back_to_the_local_backend() -> None:
 
 
 async def test_without_fallback_it_returns_nothing_with_a_reason() -> None:
-    backend = RemoteBackend(RemoteConfig(url="http://127.0.0.1:9", timeout_ms=500),
+    backend = RemoteBackend(RemoteSettings(url="http://127.0.0.1:9", timeout_ms=500),
                             transport=httpx.MockTransport(refuse))
     result = await backend.complete(REQUEST)
     assert result.text == "" and result.stop_reason == "error" and result.reason
@@ -38,4 +39,4 @@ def test_the_setting_selects_the_fallback() -> None:
     assert not warnings and settings.remote.fallback_local
     backend = make_backend("remote", "default", "cpu", settings.remote)
     assert isinstance(backend, RemoteBackend) and backend.fallback is not None
-    assert make_backend("remote", "default", "cpu", RemoteConfig(url="http://x")).fallback is None  # type: ignore[attr-defined]
+    assert make_backend("remote", "default", "cpu", RemoteSettings(url="http://x")).fallback is None  # type: ignore[attr-defined]

@@ -38,12 +38,6 @@ def test_the_user_facing_errors_of_every_package_share_the_base() -> None:
     assert issubclass(SettingsError, ValueError) and issubclass(TokenizerFileError, ValueError)
 
 
-def test_the_cli_reexports_the_same_classes() -> None:
-    from codeassist.cli import errors
-
-    assert errors.UserError is UserError and errors.UserFacingError is UserFacingError
-
-
 @pytest.mark.parametrize(("exc", "code"), [(UserError("--col needs --line"), 2),
                                            (UserFacingError("model file not found: x"), 1)])
 def test_a_user_facing_error_is_one_line_with_its_exit_status(

@@ -19,7 +19,6 @@ import pytest
 from codeassist.lsp.backends import CompletionRequest, FakeBackend, RemoteBackend
 from codeassist.lsp.client import LspClient
 from codeassist.lsp.prompt import Prompt
-from codeassist.lsp.settings import RemoteConfig
 from codeassist.remote.client import RemoteClient, RemoteError, RemoteSettings
 
 URL = "http://127.0.0.1:9"
@@ -98,7 +97,7 @@ REQUEST = CompletionRequest(prompt=Prompt(ids=(1, 2), forced="", prefix="x = ", 
 async def test_the_backend_falls_back_while_the_server_asks_to_wait() -> None:
     server = Busy(429, {"Retry-After": "30"})
     local = FakeBackend(respond=lambda r: "local_answer()")
-    backend = RemoteBackend(RemoteConfig(url=URL), transport=httpx.MockTransport(server), fallback=local)
+    backend = RemoteBackend(RemoteSettings(url=URL), transport=httpx.MockTransport(server), fallback=local)
     for _ in range(3):
         assert (await backend.complete(REQUEST)).text == "local_answer()"
     assert server.requests == 1 and len(local.requests) == 3
