@@ -70,8 +70,7 @@ def run_guarded(module: object, args: argparse.Namespace) -> int:
         print(f"codeassist: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:
-        # the attribute: classes not yet derived from UserFacingError (training/loop.py's)
-        if getattr(exc, "user_facing", False):
+        if _not_yet_user_facing(exc):
             print(f"codeassist: error: {exc}", file=sys.stderr)
             return 1
         if os.environ.get("CODEASSIST_DEBUG"):
@@ -79,6 +78,14 @@ def run_guarded(module: object, args: argparse.Namespace) -> int:
         print(f"codeassist: internal error: {type(exc).__name__}: {str(exc)[:300]} "
               "(set CODEASSIST_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
+
+
+def _not_yet_user_facing(exc: Exception) -> bool:
+    """Errors written for the user whose classes do not derive from UserFacingError yet:
+    model/tokenizer.py's TokenizerError and training/loop.py's NonFiniteLossError (user_facing)."""
+    from codeassist.model.tokenizer import TokenizerError
+
+    return isinstance(exc, TokenizerError) or getattr(exc, "user_facing", False) is True
 
 
 def _alias(command: str) -> int:

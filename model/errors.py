@@ -26,9 +26,6 @@ class CodeassistError(Exception):
 class UserFacingError(CodeassistError):
     """The message is one sentence for the user; printed as is, without a traceback."""
 
-    # read by callers that have not switched to isinstance() yet (lsp/backends.py); goes with them
-    user_facing = True
-
 
 class UserError(UserFacingError):
     """Bad input from the user (a file, a flag, a position); exit status 2."""
