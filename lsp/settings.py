@@ -128,12 +128,13 @@ for _cls in (RemoteSettings, Settings):
 def _all_keys() -> dict[str, Any]:
     """Every dotted key the server reads, with its type."""
     keys: dict[str, Any] = {}
+    types = get_type_hints(Settings, include_extras=True)
     remote_types = get_type_hints(RemoteSettings, include_extras=True)
     for f in fields(Settings):
         if f.name == "remote":
             keys |= {f"remote.{_wire_key(r)}": remote_types[r.name] for r in fields(RemoteSettings)}
         else:
-            keys[_wire_key(f)] = get_type_hints(Settings, include_extras=True)[f.name]
+            keys[_wire_key(f)] = types[f.name]
     return keys
 
 
