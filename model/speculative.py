@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from codeassist.model.engine_steps import prefill, prepare
 from codeassist.model.sampling import SamplingParams, filtered_probs
 
 if TYPE_CHECKING:
@@ -97,9 +98,7 @@ class DraftModel:
 
     def __init__(self, model: CausalLM, device: torch.device, dtype: torch.dtype,
                  context: int | None = None) -> None:
-        self.model = model.to(device=device).eval()
-        if any(p.is_floating_point() and p.dtype != dtype for p in self.model.parameters()):
-            self.model = self.model.to(dtype=dtype)
+        self.model = prepare(model, device, dtype)
         self.device = device
         # the engine's context (capped: a 32k-position draft model need not allocate 32k slots)
         self.block_size = min(model.config.block_size, context or model.config.block_size)
@@ -108,10 +107,7 @@ class DraftModel:
     def _feed(self, ids: list[int], start: int) -> torch.Tensor:
         if self.model.kv_batch_size != 1:
             self.model.setup_kv_cache(1, self.block_size)
-        x = torch.tensor([ids], dtype=torch.long, device=self.device)
-        pos = torch.arange(start, start + len(ids), device=self.device).unsqueeze(0)
-        logits: torch.Tensor = self.model(x, pos, start + len(ids), last_only=True)[0, -1].float()
-        return logits
+        return prefill(self.model, ids, start, self.device)
 
     def propose(self, tokens: list[int], k: int, sampling: SamplingParams,
                 gen: torch.Generator | None) -> tuple[list[int], torch.Tensor | None]:

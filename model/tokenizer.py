@@ -78,17 +78,9 @@ def encode(text: str) -> list[int]:
     return get_encoding().encode_ordinary(text)
 
 
-def encode_batch(texts: Sequence[str], num_threads: int = 2) -> list[list[int]]:
-    return get_encoding().encode_ordinary_batch(list(texts), num_threads=num_threads)
-
-
 def decode(ids: Sequence[int]) -> str:
     """Decode ids to text; ids past the real vocabulary (padding) are dropped."""
     return get_encoding().decode([i for i in ids if i < VOCAB_SIZE and i <= FIM_SUFFIX_ID])
-
-
-def decode_bytes(ids: Sequence[int]) -> bytes:
-    return get_encoding().decode_bytes([i for i in ids if i <= FIM_SUFFIX_ID])
 
 
 def token_bytes(token_id: int) -> bytes:

@@ -13,7 +13,7 @@ kept compact in rows 0..n-1:
   active ones, so decode steps (rows 0..n-1) leave it alone, and it moves down with them.
 
 Slots past a row's length hold stale values; the attention mask hides them until the row's
-own decode steps overwrite them (the same argument as Engine.generate_batch).
+own decode steps overwrite them.
 """
 
 from __future__ import annotations

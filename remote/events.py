@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from codeassist.model.healing import PrefixConstraint
+from codeassist.model.chooser import TokenChooser
 from codeassist.model.sampling import SamplingParams
-from codeassist.model.tokenization import Tokenizer
+from codeassist.model.textstream import TextStream
+from codeassist.model.tokenization import Tokenizer, resolve
 from codeassist.remote.schema import FinishReason
-from codeassist.remote.textstream import TextStream
 
 
 @dataclass(frozen=True)
@@ -98,9 +98,9 @@ class SeqState:
         self.job = job
         self.handle = handle
         self.index = index
-        self.text = TextStream(job.forced_prefix, job.stop, tokenizer)
-        self.constraint = PrefixConstraint(job.forced_prefix, tokenizer) if job.forced_prefix else None
-        self.gen = torch.Generator(device=device).manual_seed(job.seed) if job.seed is not None else None
+        tk = resolve(tokenizer)
+        self.text = TextStream(job.forced_prefix, job.stop, tk)
+        self.chooser = TokenChooser(tk, job.sampling, job.forced_prefix, job.seed, device, job.stop_on_eos)
         self.generated = 0
         self.reason: str | None = None
         self.t_submit = time.monotonic()

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from codeassist.model.sampling import sample_next
+from codeassist.model.chooser import mask_banned
+from codeassist.model.decoding import emit
 from codeassist.model.tokenization import Tokenizer, codeassist_tokenizer, resolve
 from codeassist.remote.batch import BatchState
 from codeassist.remote.events import (
@@ -73,7 +74,6 @@ class Scheduler:
         self.accepting = False
         self.block_size = 0
         self.tokenizer: Tokenizer = codeassist_tokenizer()  # the model's, from start()
-        self._masks: dict[bool, torch.Tensor | None] = {}
 
     # -- event-loop side -----------------------------------------------------------------------
 
@@ -82,7 +82,6 @@ class Scheduler:
         """Serve `model` with its `tokenizer` (ours when None); `context` caps the KV cache
         (the engine's context_tokens; the model's block_size when None)."""
         self.tokenizer = resolve(tokenizer)
-        self._masks = {}
         self._batch = BatchState(model, self.max_batch, device, dtype, context)
         self.block_size = self._batch.block_size
         self._device = device
@@ -274,53 +273,33 @@ class Scheduler:
         """Choose the next token of rows first.. from their logits (one row each), apply stop rules."""
         assert self._batch is not None
         seqs = self._running[first:first + logits.size(0)]
-        # special ids that are no stop (control tokens, padding rows) are never chosen, and with
-        # ignore_eos no special at all (logits is the step's own float copy)
-        ban = self._special_mask(True, logits.size(-1), logits.device)
-        if ban is not None:
-            logits[:, ban] = float("-inf")
+        # the ids never chosen, for every row at once (logits is the step's own float copy), so
+        # one argmax gives every greedy row its token; the choosers need no more for those rows
+        mask_banned(logits, self.tokenizer, True)
         no_eos = [i for i, seq in enumerate(seqs) if not seq.job.stop_on_eos]
         if no_eos:
             rows = torch.tensor(no_eos, device=logits.device)
-            every = self._special_mask(False, logits.size(-1), logits.device)
-            if every is not None:
-                logits[rows.unsqueeze(1), every.unsqueeze(0)] = float("-inf")
+            logits[rows] = mask_banned(logits[rows], self.tokenizer, False)
         greedy = logits.argmax(dim=-1).tolist()
         now = time.monotonic()
         for i, seq in enumerate(seqs):
-            token = greedy[i]
-            healing = seq.constraint is not None and not seq.constraint.done
-            if healing or not seq.job.sampling.greedy:
-                row = seq.constraint.mask(logits[i]) if healing and seq.constraint is not None else logits[i]
-                token = sample_next(row, seq.job.sampling, seq.gen)
-            if seq.constraint is not None:
-                seq.constraint.advance(token)
+            token = seq.chooser.choose(logits[i], greedy[i])
             if seq.t_first is None:
                 seq.t_first = now
                 self.metrics.ttft.observe(now - seq.t_submit)
             self._accept(seq, token, self._batch.rows[first + i].pos, now)
             self._batch.rows[first + i].token = token
 
-    def _special_mask(self, stop_on_eos: bool, size: int, device: torch.device) -> torch.Tensor | None:
-        """The ids to mask (see _sample), built once per server."""
-        if stop_on_eos not in self._masks:
-            t = self.tokenizer
-            ban = {i for i in t.special_ids() if i < size} | set(range(min(t.n_vocab, size), size))
-            if stop_on_eos:
-                ban -= t.stop_ids
-            self._masks[stop_on_eos] = torch.tensor(sorted(ban), device=device) if ban else None
-        return self._masks[stop_on_eos]
-
     def _accept(self, seq: SeqState, token: int, pos: int, now: float) -> None:
-        if token in self.tokenizer.stop_ids or self.tokenizer.is_special(token):
-            seq.reason = "eos"
+        reason, delta = emit(token, seq.text, self.tokenizer)
+        if reason == "eos":
+            seq.reason = reason
             return
         seq.generated += 1
-        delta = seq.text.push(token)
         if delta:
             seq.handle._put(seq.index, Delta(delta))
-        if seq.text.stopped:
-            seq.reason = "stop"
+        if reason is not None:
+            seq.reason = reason
         elif seq.generated >= seq.job.max_new_tokens:
             seq.reason = "max_tokens"
         elif pos >= self.block_size:

@@ -65,13 +65,6 @@ def test_a_diverging_prompt_reuses_only_the_common_prefix() -> None:
     assert res.tokens == Engine(make_tiny(), torch.device("cpu")).generate(request(other)).tokens
 
 
-def test_batched_generation_matches_one_at_a_time() -> None:
-    prompts = [PROMPT, PROMPT[:9], tuple(tok.encode("import os\nimport sys\n"))]
-    single = [Engine(make_tiny(), torch.device("cpu")).generate(request(p, n=12)).tokens for p in prompts]
-    batched = Engine(make_tiny(), torch.device("cpu")).generate_batch([request(p, n=12) for p in prompts])
-    assert [r.tokens for r in batched] == single
-
-
 def test_max_tokens_and_stop_strings() -> None:
     engine = Engine(make_tiny(), torch.device("cpu"))
     full = engine.generate(request(n=30))
@@ -160,3 +153,23 @@ def test_a_prompt_longer_than_the_context_keeps_the_end() -> None:
     assert truncated and max_new == 56 and kept == prompt[-200:]
     res = Engine(make_tiny(), torch.device("cpu")).generate(request(tuple(prompt), n=56))
     assert res.truncated_prompt and res.prompt_tokens == 200 and len(res.tokens) == 56
+
+
+@pytest.mark.parametrize("method", ["none", "prompt_lookup"])
+def test_a_block_stops_while_decoding_at_the_dedent(method: str) -> None:
+    """BLOCK mode ends at the line indented less than the block as that line arrives, not after
+    max tokens; with speculation too (a draft that runs past the dedent is cut there)."""
+    from codeassist.model.speculative import SpeculationParams
+    from tests.model.test_speculative import scripted
+
+    body = "x = 1\n    y = 2\nz = 3\n"
+    prompt = tok.encode("def f():\n" + body + "def g():\n    ")
+    engine = Engine(scripted(prompt + tok.encode(body * 4)), torch.device("cpu"))
+    rules = StopRules(max_new_tokens=60, stop_on_eos=False, dedent_line_prefix="    ")
+    res = engine.generate(GenerationRequest(prompt=tuple(prompt), stop=rules,
+                                            speculation=SpeculationParams(method=method)))
+    assert res.text == "x = 1\n    y = 2" and res.stop_reason == "stop"
+    assert len(res.tokens) == len(tok.encode("x = 1\n    y = 2\nz"))  # decoding ended at the "z"
+    trimmed_after = engine.generate(GenerationRequest(prompt=tuple(prompt), stop=StopRules(
+        max_new_tokens=60, stop_on_eos=False)))
+    assert len(trimmed_after.tokens) == 60  # without the rule it decodes to max tokens

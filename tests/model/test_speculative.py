@@ -280,10 +280,10 @@ def test_draft_speculation_without_a_draft_model_is_refused() -> None:
 
 
 def test_a_batch_decodes_without_speculation_and_a_lone_request_with_it() -> None:
+    # the batch path (the team server's scheduler) never speculates; its outputs equal batch-1
+    # decoding: tests/remote/test_scheduler.py
+    assert not should_speculate(LOOKUP, 2) and should_speculate(LOOKUP, 1)
     engine = Engine(make_tiny(0), torch.device("cpu"))
-    plain = [engine.generate(request(p, 12)).tokens for p in (REPEATING, PLAIN)]
-    batch = engine.generate_batch([request(REPEATING, 12, LOOKUP), request(PLAIN, 12, LOOKUP)])
-    assert [r.tokens for r in batch] == plain
-    assert all(r.verify_steps == 0 for r in batch)  # busy: switched off
-    (alone,) = engine.generate_batch([request(REPEATING, 12, LOOKUP)])
-    assert alone.tokens == plain[0] and alone.verify_steps > 0
+    plain = engine.generate(request(REPEATING, 12)).tokens
+    alone = engine.generate(request(REPEATING, 12, LOOKUP))
+    assert alone.tokens == plain and alone.verify_steps > 0

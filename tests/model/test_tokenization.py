@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from codeassist.model.chooser import mask_banned
 from codeassist.model.completion import build_prompt, complete
 from codeassist.model.config import ModelConfig
 from codeassist.model.copy import CopyIndex, find_candidates
@@ -310,11 +311,11 @@ def test_specials_that_are_no_stop_are_masked(toks: dict[str, HFTokenizer]) -> N
     tk = toks["qwen"]
     engine = tiny_engine(tk)
     logits = torch.zeros(engine.config.vocab_size)
-    kept = torch.isfinite(engine._mask_specials(logits, True))
+    kept = torch.isfinite(mask_banned(logits, engine.tokenizer, True))
     assert kept[tk.special_id("<|endoftext|>")] and kept[tk.special_id("<|im_end|>")]
     assert not kept[tk.special_id("<|im_start|>")] and not kept[tk.special_id("<|fim_middle|>")]
     assert not kept[tk.n_vocab:].any() and kept[tk.encode("def")[0]]
-    none = torch.isfinite(engine._mask_specials(logits, False))
+    none = torch.isfinite(mask_banned(logits, engine.tokenizer, False))
     assert not none[tk.special_id("<|endoftext|>")] and none[tk.encode("def")[0]]
     # a stop id ends the completion as eos: a model that puts all its mass there
     engine.model.lm_head.weight.data.zero_()
@@ -410,7 +411,7 @@ def test_lsp_pipeline_builds_its_prompt_in_the_backends_tokenizer(folders: dict[
 
 
 def test_remote_text_stream_reads_the_tokenizers_bytes(toks: dict[str, HFTokenizer]) -> None:
-    from codeassist.remote.textstream import TextStream
+    from codeassist.model.textstream import TextStream
 
     tk = toks["deepseek"]
     stream = TextStream(b"", ("\n",), tk)

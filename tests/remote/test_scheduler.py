@@ -73,6 +73,19 @@ async def test_outputs_equal_batch_one_generation_while_rows_join_and_leave() ->
         assert fins[0].reason == "max_tokens" and fins[0].completion_tokens == n
 
 
+async def test_prompts_of_different_lengths_prefilled_together_decode_as_alone() -> None:
+    # moved from Engine.generate_batch (gone): one right-padded prefill of three cold prompts
+    three = [prompts()[0], prompts()[0][:9], prompts()[1]]
+    s = start(max_batch=4)
+    try:
+        handle = s.submit([Job(prompt=p, max_new_tokens=12, stop_on_eos=False) for p in three])
+        texts, fins = await drain(handle, 3)
+    finally:
+        s.stop()
+    assert texts == [alone(p, 12) for p in three]
+    assert [f.completion_tokens for f in fins] == [12, 12, 12]
+
+
 async def test_each_sequence_keeps_its_own_stop_rules() -> None:
     p0, p1 = prompts()[:2]
     full = alone(p0, 30)

@@ -51,13 +51,15 @@ async def test_batched_sequences_equal_the_engine_in_the_models_tokenizer(qwen: 
 def test_special_ids_that_are_no_stop_are_never_chosen(qwen: HFTokenizer) -> None:
     import torch
 
-    s = Scheduler(ServerMetrics(), max_batch=1, max_queue=1, max_prefill_tokens=64)
-    s.tokenizer = qwen
-    size = (qwen.n_vocab + 63) // 64 * 64
-    ban = s._special_mask(True, size, torch.device("cpu"))
-    assert ban is not None
-    banned = set(ban.tolist())
-    assert qwen.special_id("<|im_start|>") in banned and qwen.special_id("<|fim_middle|>") in banned
-    assert not banned & qwen.stop_ids and set(range(qwen.n_vocab, size)) <= banned
-    every = s._special_mask(False, size, torch.device("cpu"))
-    assert every is not None and qwen.stop_ids <= set(every.tolist())
+    from codeassist.model.chooser import mask_banned
+
+    size = (qwen.n_vocab + 63) // 64 * 64  # the scheduler masks every row of a step with this
+
+    def banned(stop_on_eos: bool) -> set[int]:
+        row = mask_banned(torch.zeros(size), qwen, stop_on_eos)
+        return set(torch.nonzero(row == float("-inf")).flatten().tolist())
+
+    ban = banned(True)
+    assert qwen.special_id("<|im_start|>") in ban and qwen.special_id("<|fim_middle|>") in ban
+    assert not ban & qwen.stop_ids and set(range(qwen.n_vocab, size)) <= ban
+    assert qwen.stop_ids <= banned(False)
