@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
@@ -13,24 +11,13 @@ import torch
 from codeassist.model.quantized import is_quantized
 from codeassist.model.tokenizer import encode
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_engine", ROOT / "benchmarks" / "bench_engine.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow
-def test_default_model_builds_fp32_int8_and_the_transformers_peer(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_model_builds_fp32_int8_and_the_transformers_peer(load_bench: Callable[[str], ModuleType]) -> None:
     """Without --model the code table uses the embedded default, which is int8: the transformers peer
     must be built from its dequantized weights (it crashed on the int8 tensors) and compute exactly
     what our fp32 row computes, while the int8 row is the shipped int8 model itself."""
-    bench = load_bench(monkeypatch)
+    bench = load_bench("bench_engine")
     assert bench.DEFAULT_FILE.exists()
     ours, q8, hf, label = bench.shape_models("default", bench.DEFAULT_FILE)
     assert not is_quantized(ours)

@@ -3,10 +3,9 @@ are computed from the runs' report.json, and a project unpacks into a git reposi
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-import sys
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -15,17 +14,10 @@ import pytest
 
 from codeassist.training.corpus import PACKAGES
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture
-def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_finetune", ROOT / "benchmarks" / "bench_finetune.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_bench: Callable[[str], ModuleType]) -> ModuleType:
+    return load_bench("bench_finetune")
 
 
 def test_projects_are_pinned_and_in_no_training_data(bench: ModuleType) -> None:

@@ -3,9 +3,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -111,23 +108,6 @@ def test_resume_against_changed_repositories_is_refused(tmp_path: Path, tiny_mod
     capsys.readouterr()
     assert main([*args, "--max-iters", "3", "--resume"]) == 1
     assert "cannot resume: the training data changed" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_torchrun_two_processes_match_one_process(tmp_path: Path, tiny_model_file: Path) -> None:
-    repo = _repo(tmp_path)
-    common = ["train", str(repo), "--init-from", str(tiny_model_file), "--max-iters", "3", "--yes",
-              "--gate-lines", "0", *FAST]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "codeassist.cli.main", *common, "--out", "ddp"],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    assert "with 2 process(es)" in ddp.stdout and ddp.stdout.count("training tiny") == 1  # rank 0 speaks
-    assert main([*common, "--out", "single"]) == 0
-    two, one = _losses("ddp"), _losses("single")
-    assert len(two) == len(one) == 3
-    assert two == pytest.approx(one, abs=1e-4)  # the same global batch; only the sum order differs
 
 
 def test_init_from_a_quantized_model_dequantizes_it(tmp_path: Path) -> None:

@@ -1,5 +1,10 @@
 """FSDP under torchrun: two gloo processes train a tiny Qwen2 to the losses of one process, resume
-from their own checkpoint, and write the same files; with LoRA adapters too."""
+from their own checkpoint, and write the same files; with LoRA adapters too.
+
+One torchrun launch runs every FSDP case (fsdp_worker.PLAN); the single-process references run in
+this process meanwhile. Two tests with five launches and two more processes took 140 s beside a
+loaded make test; the process start-ups, not the training, were most of it.
+"""
 
 from __future__ import annotations
 
@@ -10,25 +15,28 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from codeassist.model.checkpoint import load_model
+from codeassist.training.ddp import DistEnv
+
+from .fsdp_worker import losses_file, run
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _run(out: Path, parallel: str, steps: int, procs: int, lora: bool = False) -> dict:
-    args = [str(WORKER), str(out), parallel, str(steps), *(["lora"] if lora else [])]
-    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", *args]
-           if procs > 1 else [sys.executable, *args])
-    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=420)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads((out / "losses.json").read_text())
+def _one_process(out: Path, steps: int, lora: bool) -> dict:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank does
+    try:
+        run(out, "ddp", steps, lora, DistEnv())
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads(losses_file(out, steps).read_text())
 
 
 def _weights_close(a: Path, b: Path) -> None:
-    import torch
-
     ma, ia = load_model(a)
     mb, ib = load_model(b)
     assert ia.config == ib.config
@@ -37,21 +45,35 @@ def _weights_close(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_fsdp_processes_match_one_process_and_resume(tmp_path: Path) -> None:
-    one = _run(tmp_path / "one", "ddp", 6, procs=1)
-    _run(tmp_path / "fsdp", "fsdp", 3, procs=2)  # stops after step 3: its checkpoint
-    two = _run(tmp_path / "fsdp", "fsdp", 6, procs=2)  # resumes from it under FSDP
-    assert len(two["losses"]) == len(one["losses"]) == 6
-    assert two["losses"] == pytest.approx(one["losses"], abs=1e-4)  # only the sum order differs
-    assert [s for s, _ in two["val"]] == [3, 6]
-    assert [v for _, v in two["val"]] == pytest.approx([v for _, v in one["val"]], abs=1e-4)
-    assert two["losses"][-1] < two["losses"][0] - 0.5
-    _weights_close(tmp_path / "one" / "model.safetensors", tmp_path / "fsdp" / "model.safetensors")
+def test_two_fsdp_processes_match_one_process_resume_and_merge_lora(tmp_path: Path) -> None:
+    two, one = tmp_path / "fsdp", tmp_path / "one"
+    launch = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               str(WORKER), str(two)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        plain = _one_process(one / "plain", 6, lora=False)
+        lora = _one_process(one / "lora", 4, lora=True)
+        _, err = launch.communicate(timeout=420)
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+            launch.communicate()
+    assert launch.returncode == 0, err[-3000:]
 
+    # FSDP stops after step 3 (its checkpoint), then resumes from it under FSDP to step 6
+    first = json.loads(losses_file(two / "plain", 3).read_text())
+    assert first["trained"] == [1, 2, 3] and plain["trained"] == [1, 2, 3, 4, 5, 6]
+    assert first["losses"] == pytest.approx(plain["losses"][:3], abs=1e-4)
+    resumed = json.loads(losses_file(two / "plain", 6).read_text())
+    assert resumed["trained"] == [4, 5, 6]  # from the checkpoint, not from the start
+    assert len(resumed["losses"]) == len(plain["losses"]) == 6
+    assert resumed["losses"] == pytest.approx(plain["losses"], abs=1e-4)  # only the sum order differs
+    assert [s for s, _ in resumed["val"]] == [3, 6]
+    assert [v for _, v in resumed["val"]] == pytest.approx([v for _, v in plain["val"]], abs=1e-4)
+    assert resumed["losses"][-1] < resumed["losses"][0] - 0.5
+    _weights_close(one / "plain" / "model.safetensors", two / "plain" / "model.safetensors")
 
-@pytest.mark.slow
-def test_fsdp_with_lora_writes_the_merged_model_of_one_process(tmp_path: Path) -> None:
-    one = _run(tmp_path / "one", "ddp", 4, procs=1, lora=True)
-    two = _run(tmp_path / "fsdp", "fsdp", 4, procs=2, lora=True)
-    assert two["losses"] == pytest.approx(one["losses"], abs=1e-4)
-    _weights_close(tmp_path / "one" / "model.safetensors", tmp_path / "fsdp" / "model.safetensors")
+    # LoRA under FSDP writes the merged model of one process
+    sharded_lora = json.loads(losses_file(two / "lora", 4).read_text())
+    assert sharded_lora["losses"] == pytest.approx(lora["losses"], abs=1e-4)
+    _weights_close(one / "lora" / "model.safetensors", two / "lora" / "model.safetensors")

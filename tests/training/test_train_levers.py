@@ -104,6 +104,8 @@ def _state(name: str) -> dict[str, Any]:
 
 @pytest.mark.slow  # two torchrun processes and a single one, each with a standard-library replay sample
 def test_torchrun_with_replay_and_early_stop_matches_one_process(tmp_path: Path, tiny_model_file: Path) -> None:
+    """Also the plain DDP check (it was test_cli's own launch): rank 0 alone speaks, the same global
+    batch gives one process's losses. A torchrun launch is three processes that import torch."""
     repo = _repo(tmp_path, n=8)
     common = ["train", str(repo), "--init-from", str(tiny_model_file), "--max-iters", "8", "--yes",
               "--gate-lines", "0", "--lr", "3e-2", "--replay", "0.5", "--early-stop", "1", *FAST]
@@ -112,8 +114,10 @@ def test_torchrun_with_replay_and_early_stop_matches_one_process(tmp_path: Path,
                           "-m", "codeassist.cli.main", *common, "--out", "ddp"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "with 2 process(es)" in ddp.stdout and ddp.stdout.count("training tiny") == 1  # rank 0 speaks
     assert main([*common, "--out", "single"]) == 0
     two, one = _state("ddp"), _state("single")
+    assert len(two["losses"]) == len(one["losses"]) == one["step"] > 0
     assert one["replay_seen"] > 0 and len(one["check_losses"]) >= 2
     assert (two["step"], two["replay_seen"], two["best_step"], two["stopped_early"]) == \
         (one["step"], one["replay_seen"], one["best_step"], one["stopped_early"])
