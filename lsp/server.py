@@ -21,11 +21,12 @@ from pygls.exceptions import FeatureRequestError
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
-from codeassist.lsp.backends import Backend, make_backend
+from codeassist.lsp.backends import Backend, LocalBackend, make_backend
 from codeassist.lsp.context import Snippet, build_context, cursor_offset, index_to_units
 from codeassist.lsp.pipeline import Completion, Pipeline
 from codeassist.lsp.prompt import warm_up_prompts
 from codeassist.lsp.protocol import HardenedProtocol
+from codeassist.lsp.resources import HeapTrimmer, free_cores
 from codeassist.lsp.settings import Settings, parse_settings
 from codeassist.lsp.snippets import query_lines, rank_snippets
 from codeassist.lsp.transport import (
@@ -52,8 +53,16 @@ def _version() -> str:
         return "0"
 
 
+MAX_THREADS = 4  # batch-1 decoding gains little from more
+
+
 def default_backend_factory(settings: Settings) -> Backend:
-    return make_backend(settings.backend, settings.model, settings.device, settings.remote)
+    """The backend the settings choose; a local model gets as many threads as cores are free now
+    (with one core busy, two-thread decoding collapses 2-4x while one thread loses nothing)."""
+    backend = make_backend(settings.backend, settings.model, settings.device, settings.remote)
+    if isinstance(backend, LocalBackend) and backend.threads is None:
+        backend.threads = min(MAX_THREADS, free_cores())
+    return backend
 
 
 class CodeassistServer(LanguageServer):
@@ -65,18 +74,24 @@ class CodeassistServer(LanguageServer):
                          text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
         self.settings = settings or Settings()
         self.backend_factory = backend_factory
-        self.backend = backend_factory(self.settings)
-        self.pipeline = Pipeline(self.backend, self.settings)
+        self.pipeline = Pipeline(backend_factory(self.settings), self.settings)
         self.index = WorkspaceIndex(self._open_documents)
         self.pipeline.workspace = self.index
         self.inbox: Inbox | None = None
         self.warm: asyncio.Future[None] | None = None  # tokenizer and prompt tables loading
         self._tasks: set[asyncio.Task[Any]] = set()
         self._snippet_memo: tuple[tuple[Any, ...], tuple[Snippet, ...]] | None = None
+        self._real_paths: dict[str, str] = {}  # document path -> realpath, for the open documents
+        self.trimmer = HeapTrimmer()  # gives freed memory back once requests pause
         self.protocol.on_exit = lambda code: self.stop()
         _register(self)
 
     # -- settings and backend ------------------------------------------------------------------
+
+    @property
+    def backend(self) -> Backend:
+        """The pipeline's backend (Pipeline.reconfigure replaces it)."""
+        return self.pipeline.backend
 
     def apply_settings(self, raw: Any) -> None:
         new, warnings = parse_settings(raw, self.settings)
@@ -84,20 +99,20 @@ class CodeassistServer(LanguageServer):
             log.warning("%s", w)
         if warnings:
             self.protocol.show_user_message(warnings[0], types.MessageType.Warning)
-        old = self.settings
         self.settings = new
-        self.pipeline.settings = new
-        if (new.backend, new.model, new.device, new.remote) != (old.backend, old.model, old.device, old.remote):
-            previous = self.backend
-            self.backend = self.backend_factory(new)
-            self.pipeline.backend = self.backend
-            self.pipeline.cache.clear()
-            self.backend.start()
+        previous = self.pipeline.reconfigure(new, self.backend_factory)
+        if previous is not None:
             self.spawn(previous.aclose())
 
     def _open_documents(self) -> dict[str, tuple[str, int, str]]:
-        return {uri: (os.path.realpath(d.path), d.version or 0, d.source)
-                for uri, d in self.workspace.text_documents.items()}
+        docs = self.workspace.text_documents
+        real = self._real_paths
+        if len(real) > 2 * len(docs) + 16:  # forget closed documents' paths
+            real.clear()
+        for d in docs.values():
+            if d.path not in real:
+                real[d.path] = os.path.realpath(d.path)  # a system call per path: once, not per keystroke
+        return {uri: (real[d.path], d.version or 0, d.source) for uri, d in docs.items()}
 
     def index_workspace(self, params: types.InitializeParams) -> None:
         """Start indexing the workspace folders in the background (setting context.repository)."""
@@ -213,6 +228,7 @@ def _register(server: CodeassistServer) -> None:
         ctx, pos = found
         invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
         completion = await ls.pipeline.complete(ctx, invoked)
+        ls.trimmer.request_done()
         if not completion.text:
             return types.InlineCompletionList(items=[])
         item = types.InlineCompletionItem(insert_text=completion.text, range=types.Range(pos, pos))
@@ -227,6 +243,7 @@ def _register(server: CodeassistServer) -> None:
         # a client that sends no context (Neovim 0.7's omnifunc) asked explicitly
         invoked = params.context is None or params.context.trigger_kind == types.CompletionTriggerKind.Invoked
         result = await ls.pipeline.complete(ctx, invoked, channel="classic")
+        ls.trimmer.request_done()
         return types.CompletionList(is_incomplete=True, items=_completion_items(ctx.line_prefix, pos, result))
 
     @server.feature(STATUS_METHOD)
@@ -260,6 +277,7 @@ async def _serve(server: CodeassistServer, start_pump: Callable[[Inbox], None]) 
     server.inbox = asyncio.Queue()
     server.backend.start()  # eager: the model loads while the editor initialises
     server.warm = asyncio.get_running_loop().run_in_executor(None, warm_up_prompts)  # and the tokenizer
+    server.spawn(_trim_when_loaded(server))
     start_pump(server.inbox)
     await pump_messages(server.inbox, server.protocol.handle_body, server.protocol.report_bad_input)
     for task in list(server._tasks):
@@ -268,6 +286,14 @@ async def _serve(server: CodeassistServer, start_pump: Callable[[Inbox], None]) 
         await asyncio.wait_for(server.backend.aclose(), 1.0)
     code = server.protocol.exit_code
     return code if code is not None else (0 if server.protocol._shutdown else 1)
+
+
+async def _trim_when_loaded(server: CodeassistServer) -> None:
+    """Loading and warming the model frees what it read and packed: give it back."""
+    await server.backend.wait_until_ready(600.0)
+    if server.warm is not None:
+        await server.warm
+    await asyncio.get_running_loop().run_in_executor(None, server.trimmer.trim_now)
 
 
 def serve_stdio(server: CodeassistServer) -> int:
