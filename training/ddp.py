@@ -57,11 +57,6 @@ def init_distributed(device: str = "auto") -> DistEnv:
     return DistEnv(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
-def barrier(env: DistEnv) -> None:
-    if env.is_distributed:
-        torch.distributed.barrier()
-
-
 def all_reduce_sum(env: DistEnv, values: list[float]) -> list[float]:
     """Element-wise sums over ranks (identical on every rank afterwards)."""
     if not env.is_distributed:
