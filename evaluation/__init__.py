@@ -4,9 +4,9 @@ and the harness that drives the real language server. The gate, the quantization
 import it, never the language server directly.
 
 Modules: `loss` (held-out loss and perplexity), `lines` (how lines are cut from held-out files),
-`exact` (line exact match through lsp.pipeline in-process: the one per-line scorer), `client`
-(pygls's LanguageClient on the server's stdio), `harness` and `report` (the real server driven as
-an editor drives it, and its figures), `repo` (the repository eval), `cli` (`codeassist eval`).
+`exact` (line exact match through lsp.pipeline in-process: the one per-line scorer), `harness`
+and `report` (the real server driven over stdio as an editor drives it, through pygls's
+LanguageClient, and its figures), `repo` (the repository eval), `cli` (`codeassist eval`).
 The line cases are re-exported here (they import nothing heavy); the rest is imported from its
 module, so `codeassist eval` never loads torch.
 """

@@ -40,9 +40,9 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
-    from codeassist.model.errors import UserError
     from codeassist.evaluation import harness
     from codeassist.evaluation.report import Report, TypingReport
+    from codeassist.model.errors import UserError
 
     if bool(args.paths) == bool(args.repo):
         raise UserError("give either files or folders to evaluate (PATH...) or repositories (--repo PATH), not both or neither")
@@ -86,8 +86,8 @@ def run_repos(args: argparse.Namespace, cmd: list[str], settings: dict[str, obje
     import json
     from pathlib import Path
 
-    from codeassist.model.errors import UserError
     from codeassist.evaluation import repo as repo_eval
+    from codeassist.model.errors import UserError
 
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in configs if c not in repo_eval.CONFIGS]

@@ -4,7 +4,7 @@
 `evaluate_workspace` does the same for the cut line cases of a repository copy opened as the
 server's workspace (repo.py); `type_file` types a stretch of a file character by character
 with human pauses and asks for a completion after every keystroke. The editor side is pygls's
-LanguageClient (client.py).
+LanguageClient (lsp/client.py's EditorClient).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from codeassist.evaluation.client import EditorClient, JsonRpcException, uri_of
 from codeassist.evaluation.lines import RepoCase, sample_positions
 from codeassist.evaluation.report import Report, Sample, TypingReport, process_tree_rss_mb, score
+from codeassist.lsp.client import EditorClient, JsonRpcException, uri_of
 from codeassist.lsp.launch import LANGUAGES, language_of, server_command
 from codeassist.lsp.pipeline import percentile
 

@@ -1,8 +1,7 @@
 """Moved: the harness is codeassist.evaluation.harness, the server's command line lsp/launch.py.
 
-Kept only until lsp/demo.py imports LANGUAGES and server_command from codeassist.lsp.launch and
-benchmarks/bench_lsp.py imports from codeassist.evaluation.harness (their owners' change); the
-lazy forward below is the one place lsp reaches up into evaluation. Delete it then.
+Kept only until benchmarks/bench_lsp.py imports from codeassist.evaluation.harness (its owner's
+change); the lazy forward below is the one place lsp reaches up into evaluation. Delete it then.
 """
 
 from __future__ import annotations
