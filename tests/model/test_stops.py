@@ -60,17 +60,3 @@ def test_block_rules_hold_back_the_line_that_may_end_the_block() -> None:
     assert rules.cut("x = 1\n    y = 2\nz", final=False) == (len("x = 1\n    y = 2"),) * 2
     assert rules.cut("x = 1\n    y", final=True) == (None, len("x = 1\n    y"))
 
-
-def test_the_dedent_rule_agrees_with_post_processing() -> None:
-    """While lsp/postprocess.py keeps its own stop_at_dedent, both must cut the same text."""
-    from codeassist.lsp.context import Mode, build_context
-    from codeassist.lsp.postprocess import PostContext, stop_at_dedent
-
-    texts = ["x = 1\n    y = 2\nz = 3\n", "if a:\n        b()\n    c()\n", "f(\n        a,\n)\ng()\n", "{\n  a\n}\n",
-             "if a:\n        b()\n    else:\n        c()\n\n", "return 1\n\n\ndef g():\n", "a\n\tb\n  c\n"]
-    for prefix in ("    ", "", "    x = ", "\t"):
-        doc = "def f():\n" + prefix
-        ctx = build_context("file:///t.py", "python", doc + "\n", len(doc))
-        for text in texts:
-            cut = dedent_cut(text, ctx.line_prefix)
-            assert (text if cut is None else text[:cut]) == stop_at_dedent(text, PostContext(ctx, Mode.BLOCK))
