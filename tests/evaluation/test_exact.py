@@ -62,3 +62,13 @@ def test_line_hits_are_the_gates_hits_line_by_line_on_one_open_backend() -> None
 def test_the_scoring_settings_are_greedy_single_line_and_uncached() -> None:
     s = scoring_settings()
     assert (s.temperature, s.multiline, s.cache, s.debounce_ms) == (0.0, "never", False, 0)
+
+
+def test_pipeline_completions_are_what_the_hits_compare() -> None:
+    from codeassist.evaluation.exact import pipeline_completions
+
+    samples = line_samples(VAL, 4, seed=5)
+    answers = {s.document[:s.offset][-40:]: s.expected + "  " for s in samples[:2]}  # trailing spaces
+    completions = asyncio.run(pipeline_completions(_EchoBackend(answers), scoring_settings(), samples))
+    assert [c.text.rstrip() for c in completions[:2]] == [s.expected.rstrip() for s in samples[:2]]
+    assert asyncio.run(pipeline_hits(_EchoBackend(answers), scoring_settings(), samples)) == [True, True, False, False]
