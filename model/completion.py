@@ -1,6 +1,7 @@
-"""One completion at a cursor with the in-process engine: `codeassist complete` and the quantization
-report call it. The prompt is the one builder's (model/prompting.py) and the stops the one policy's
-(model/stop_policy.py, a Python block), so the same cursor gives the same prompt as in the editor.
+"""One completion at a cursor with the in-process engine, for `codeassist complete` (and tests).
+
+The prompt is the one builder's (model/prompting.py) and the stops the one policy's (model/stop_policy.py,
+a Python block), so the same cursor gives the same prompt as in the editor and on the team server.
 """
 
 from __future__ import annotations
