@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +26,7 @@ from codeassist.model.fim_templates import TEMPLATES
 from codeassist.model.speculative import SpeculationParams
 from codeassist.model.tokenization import HFTokenizer
 from tests.families_fixture import TinyFolder, build_folder, hf_decode
+from tests.integration.team_server import TeamServer
 
 PREFIX = "import os\n\n\ndef read_lines(path):\n    with open(path) as f:\n        lines = f.read"
 SUFFIX = "\n    return lines\n\n\nprint(read_lines('x'))\n"
@@ -319,12 +316,6 @@ def test_language_server_prompt_budget_is_the_engine_context(tiny: TinyFolder, t
 # -- codeassist serve ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def metric(url: str, name: str) -> float:
     for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
         if line.startswith(name + " "):
@@ -345,25 +336,12 @@ def test_team_server_text_stream_decodes_as_the_tokenizer(tiny: TinyFolder) -> N
 
 
 @pytest.mark.slow
-def test_team_server_batches_concurrent_requests_and_fills_in_the_middle(tiny: TinyFolder) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "codeassist.cli", "serve", "--model", str(tiny.path), "--port",
-                             str(port), "--device", "cpu", "--threads", "1", "--log-level", "warning",
-                             "--request-timeout", "300"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "CODEASSIST_DEBUG": ""})
+def test_team_server_batches_concurrent_requests_and_fills_in_the_middle(
+        tiny: TinyFolder, team_servers: dict[str, TeamServer]) -> None:
+    server = team_servers[tiny.family]  # `codeassist serve --model <folder>`, started with the module (conftest)
+    url = server.url
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.2)
+        server.wait_ready()
         n = 48
         prompts = ["def add(a, b):\n    return a", "class Reader:\n    def __init__(self, path):\n        self."]
 
@@ -425,10 +403,4 @@ def test_team_server_batches_concurrent_requests_and_fills_in_the_middle(tiny: T
         want = greedy(engine, cold.ids, cold.forced_prefix, n=n, stop_on_eos=False)
         assert again["choices"][0]["text"] == want.text[len(cold.forced_prefix.decode()):]
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        server.stop()

@@ -1,0 +1,57 @@
+"""`codeassist serve` on a family's tiny folder, in its own process on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from tests.families_fixture import TinyFolder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class TeamServer:
+    proc: subprocess.Popen[str]
+    url: str
+
+    def wait_ready(self, timeout_s: float = 180) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert self.proc.poll() is None, self.proc.communicate()[1]
+            try:
+                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+def start_team_server(tiny: TinyFolder) -> TeamServer:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "codeassist.cli", "serve", "--model", str(tiny.path), "--port",
+                             str(port), "--device", "cpu", "--threads", "1", "--log-level", "warning",
+                             "--request-timeout", "300"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "CODEASSIST_DEBUG": ""})
+    return TeamServer(proc, f"http://127.0.0.1:{port}")
