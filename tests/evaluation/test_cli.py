@@ -70,3 +70,11 @@ def test_eval_without_files_is_one_line_error(tmp_path: Path) -> None:
     done = codeassist("eval", str(tmp_path))
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "no source files" in done.stderr
+
+
+def test_the_harness_does_not_load_torch() -> None:
+    code = ("import sys, codeassist.evaluation.cli, codeassist.evaluation.harness, codeassist.evaluation.repo; "
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
