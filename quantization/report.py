@@ -1,7 +1,8 @@
 """The side-by-side report: fp32, bf16, int8, int4 and int4-GPTQ of one model, measured in one run.
 
 Each variant is written to a file, loaded back with load_model (so the numbers are those of the
-files users get) and measured: size on disk, held-out perplexity, line-completion exact match,
+files users get) and measured: size on disk, held-out perplexity, line exact match (the gate's
+line cases, each file through the editor's pipeline as the editor loads it: codeassist.evaluation),
 prefill ms and decode tokens/s. A second table times the same schemes on a bigger shape with
 random weights (speed does not depend on the values), by default GPT-2 small (124M).
 """
