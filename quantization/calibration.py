@@ -2,6 +2,9 @@
 
 GPTQ calibrates on samples laid out as in training (the same FIM transform), because that is
 what the model sees when it serves. Held-out perplexity uses the validation files, left to right.
+
+This module is quantization's one door to training's corpus (the file collector, the standard
+library split, chunks and FIM samples); the rest of the package imports it, never training.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import torch
 from codeassist.training.fim import fim_sample, split_into_chunks
 from codeassist.training.shards import CHUNK_CHARS, Document
 from codeassist.training.stdlib import split_documents, stdlib_documents
+
+__all__ = ["Document", "calibration_samples", "collect_documents", "stdlib_split", "stdlib_splits", "token_stream"]
 
 
 def stdlib_split(validation: bool) -> list[Document]:

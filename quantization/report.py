@@ -25,11 +25,10 @@ from codeassist.model.checkpoint import load_model, save_model
 from codeassist.model.config import get_preset
 from codeassist.model.engine import Engine
 from codeassist.model.gpt import GPT
-from codeassist.quantization.calibration import calibration_samples, stdlib_splits, token_stream
+from codeassist.quantization.calibration import Document, calibration_samples, stdlib_splits, token_stream
 from codeassist.quantization.evaluate import measure_speed
 from codeassist.quantization.gptq import GPTQConfig
 from codeassist.quantization.quantize import quantize
-from codeassist.training.shards import Document
 
 log = logging.getLogger(__name__)
 
