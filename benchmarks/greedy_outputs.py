@@ -23,6 +23,8 @@ It uses only calls that were public before issue 17 and after, so one file recor
     cd /tmp && PYTHONPATH=/tmp/base17 python /work/main/benchmarks/greedy_outputs.py record base.json
     cd /work/main && python benchmarks/greedy_outputs.py record new.json
     python benchmarks/greedy_outputs.py compare base.json new.json
+
+(`record --only engine,scheduler` and `--only pipeline` may be run apart; `compare` takes both.)
 """
 
 from __future__ import annotations
@@ -179,10 +181,10 @@ def gate_samples(n: int) -> list[Any]:
     from codeassist.training.collect import SourceFile
     from codeassist.training.stdlib import split_documents, stdlib_documents
 
-    try:  # issue 17 moves the line cases into codeassist.evaluation
-        from codeassist.evaluation import line_samples  # type: ignore[attr-defined]
+    try:  # issue 17 moved the line cases into codeassist.evaluation; before, they were the gate's
+        from codeassist.evaluation import line_samples
     except ImportError:
-        from codeassist.training.gate import line_samples
+        from codeassist.training.gate import line_samples  # type: ignore[attr-defined]
     _, held_out = split_documents(stdlib_documents())
     files = [SourceFile(path=d.path, language="python", text=d.text) for d in held_out]
     samples: list[Any] = line_samples(files, n)
@@ -270,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--only", default="engine,scheduler,pipeline", help="comma-separated paths to record")
     cmp = sub.add_parser("compare", help="compare two recordings; exit 1 on an unexplained difference")
     cmp.add_argument("base", type=Path)
-    cmp.add_argument("new", type=Path)
+    cmp.add_argument("new", type=Path, nargs="+", help="one recording, or several of different paths (--only)")
     args = parser.parse_args(argv)
     if args.command == "record":
         # one thread: on a shared machine two threads spin against each other (10x slower, measured)
@@ -278,10 +280,12 @@ def main(argv: list[str] | None = None) -> int:
         record(args.out, args.n, tuple(args.only.split(",")))
         return 0
     try:
-        base, new = (json.loads(p.read_text()) for p in (args.base, args.new))
+        base = json.loads(args.base.read_text())
+        parts = [json.loads(p.read_text()) for p in args.new]
     except (OSError, ValueError) as exc:
         print(f"cannot read the recordings: {exc}", file=sys.stderr)
         return 2
+    new = {"paths": {path: rows for part in parts for path, rows in part["paths"].items()}}
     return 1 if compare(base, new) else 0
 
 
