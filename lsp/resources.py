@@ -41,14 +41,18 @@ def _cpu_jiffies() -> tuple[int, int] | None:
     return total - idle, total
 
 
-def _own_jiffies() -> int | None:
-    """This process's user + system jiffies (all its threads), or None without /proc."""
+def process_jiffies(pid: int | str = "self") -> int | None:
+    """A process's user + system jiffies so far (all its threads), or None without /proc."""
     try:
-        stat = Path("/proc/self/stat").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces
     return int(fields[11]) + int(fields[12])
+
+
+def _own_jiffies() -> int | None:
+    return process_jiffies()
 
 
 def free_cores(window_s: float = SAMPLE_S, sleep: Callable[[float], None] = time.sleep) -> int:
