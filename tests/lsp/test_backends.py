@@ -100,3 +100,23 @@ async def test_remote_backend_delegates_to_the_client() -> None:
     assert not RemoteBackend(RemoteSettings()).status().ready
     await backend.aclose()
     await failing.aclose()
+
+
+async def test_the_stop_rules_reach_the_engine_with_the_requests_budget(tiny_model_path: Path) -> None:
+    """BLOCK mode's predicates (dedent, next line) go to the engine, which stops while decoding."""
+    from codeassist.model.engine import Engine, GenerationRequest
+
+    engine = Engine.load(str(tiny_model_path), device="cpu")
+    seen: list[GenerationRequest] = []
+    orig = engine.generate
+
+    def recording(req, cancel=None):  # type: ignore[no-untyped-def]
+        seen.append(req)
+        return orig(req, cancel)
+
+    engine.generate = recording  # type: ignore[method-assign]
+    rules = StopRules(stop_strings=("\n\n\n",), dedent_line_prefix="    ", suffix_line="return total")
+    req = CompletionRequest(request("def f(x):\n    ").prompt, max_tokens=5, stop=rules, time_budget_s=9.0)
+    LocalBackend._generate(engine, req, threading.Event())
+    assert seen[0].stop == StopRules(max_new_tokens=5, stop_strings=("\n\n\n",), time_budget_s=9.0,
+                                     dedent_line_prefix="    ", suffix_line="return total")
