@@ -22,7 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("codeassist.training.cli", "fine-tune a model on your own repositories"),
     "quantize": ("codeassist.quantization.cli", "write an int8 / int4 / GPTQ model"),
     "serve": ("codeassist.remote.cli", "run the team completion server"),
-    "eval": ("codeassist.lsp.eval_cli", "drive the language server headless and score it"),
+    "eval": ("codeassist.evaluation.cli", "drive the language server headless and score it"),
     "doctor": ("codeassist.cli.doctor", "show which model, device and backend are in use"),
     "export": ("codeassist.cli.export", "write a model for vLLM / transformers (hf) or llama.cpp / Ollama (gguf)"),
 }
@@ -82,10 +82,10 @@ def run_guarded(module: object, args: argparse.Namespace) -> int:
 
 def _not_yet_user_facing(exc: Exception) -> bool:
     """Errors written for the user whose classes do not derive from UserFacingError yet:
-    model/tokenizer.py's TokenizerError and training/loop.py's NonFiniteLossError (user_facing)."""
+    model/tokenizer.py's TokenizerError."""
     from codeassist.model.tokenizer import TokenizerError
 
-    return isinstance(exc, TokenizerError) or getattr(exc, "user_facing", False) is True
+    return isinstance(exc, TokenizerError)
 
 
 def _alias(command: str) -> int:

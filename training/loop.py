@@ -36,6 +36,7 @@ import torch
 from codeassist.evaluation.loss import heldout_loss
 from codeassist.model.checkpoint import save_tensors_atomic
 from codeassist.model.config import ModelConfig
+from codeassist.model.errors import UserFacingError
 from codeassist.model.gpt import GPT
 from codeassist.training import fsdp
 from codeassist.training.ddp import DistEnv, all_reduce_sum
@@ -163,10 +164,8 @@ def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserFacingError, FloatingPointError):
     """Several non-finite losses in a row; str() is one sentence for the user."""
-
-    user_facing = True
 
 
 def _micro_loss(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ def test_tcp_address_defaults_to_loopback() -> None:
 
 def test_the_server_modules_do_not_import_torch() -> None:
     # a remote-only set-up must start without torch; only LocalBackend's loader imports it
-    code = ("import sys, codeassist.lsp.cli, codeassist.lsp.server, codeassist.lsp.eval_cli; "
+    code = ("import sys, codeassist.lsp.cli, codeassist.lsp.server; "
             "from codeassist.lsp.server import CodeassistServer; from codeassist.lsp.settings import Settings; "
             "CodeassistServer(Settings(backend='remote')); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

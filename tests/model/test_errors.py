@@ -29,10 +29,11 @@ def test_the_user_facing_errors_of_every_package_share_the_base() -> None:
     from codeassist.remote.errors import APIError
     from codeassist.remote.settings import SettingsError
     from codeassist.training.finetune import TrainError
+    from codeassist.training.loop import NonFiniteLossError
     from codeassist.training.state import ResumeError
 
     for cls in (ModelFileError, ExportError, TokenizerExportError, TokenizerFileError, ServeError,
-                SettingsError, TrainError, ResumeError, UserError):
+                SettingsError, TrainError, ResumeError, UserError, NonFiniteLossError):
         assert issubclass(cls, UserFacingError), cls
     assert issubclass(LspError, CodeassistError) and issubclass(APIError, CodeassistError)
     assert issubclass(SettingsError, ValueError) and issubclass(TokenizerFileError, ValueError)
@@ -64,8 +65,8 @@ def test_a_class_named_like_a_user_error_is_still_a_bug(capsys: pytest.CaptureFi
 
 
 def test_the_classes_not_yet_derived_stay_user_facing(capsys: pytest.CaptureFixture[str]) -> None:
-    """model/tokenizer.py's TokenizerError and training/loop.py's NonFiniteLossError, until their owners
-    derive them from UserFacingError: the command prints them as before."""
+    """model/tokenizer.py's TokenizerError until it derives from UserFacingError, and training/loop.py's
+    NonFiniteLossError, which does: the command prints them as before."""
     from codeassist.model.tokenizer import TokenizerError
     from codeassist.training.loop import NonFiniteLossError
 
