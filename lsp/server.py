@@ -292,7 +292,8 @@ async def _trim_when_loaded(server: CodeassistServer) -> None:
     """Loading and warming the model frees what it read and packed: give it back."""
     await server.backend.wait_until_ready(600.0)
     if server.warm is not None:
-        await server.warm
+        with contextlib.suppress(Exception):  # a failed warm-up is the first request's to report
+            await server.warm
     await asyncio.get_running_loop().run_in_executor(None, server.trimmer.trim_now)
 
 
