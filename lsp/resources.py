@@ -55,21 +55,40 @@ def _own_jiffies() -> int | None:
     return process_jiffies()
 
 
-def free_cores(window_s: float = SAMPLE_S, sleep: Callable[[float], None] = time.sleep) -> int:
-    """Cores that other processes left idle over the last `window_s` seconds; at least 1."""
-    n = os.cpu_count() or 1
-    a, own_a = _cpu_jiffies(), _own_jiffies()
-    if a is None or own_a is None:
-        from codeassist.model.threads import free_cores as by_load_average
+class CoreWatch:
+    """Cores that other processes left idle since the previous call (or since it was made):
+    cheap enough to ask before every request, never waits. At least 1."""
 
-        return by_load_average()
-    sleep(window_s)
-    b, own_b = _cpu_jiffies(), _own_jiffies()
-    if b is None or own_b is None or b[1] <= a[1]:
-        return 1
-    others = max(0, (b[0] - a[0]) - (own_b - own_a))  # busy jiffies of every other process
-    busy_cores = others / (b[1] - a[1]) * n  # total jiffies grow n per tick
-    return max(1, min(n, int(n - busy_cores + 0.5)))
+    def __init__(self) -> None:
+        self._system, self._own = _cpu_jiffies(), _own_jiffies()
+        self._free = 1
+
+    @property
+    def measures(self) -> bool:
+        """False where /proc is missing: the answer is then the load average's."""
+        return self._system is not None and self._own is not None
+
+    def __call__(self) -> int:
+        n = os.cpu_count() or 1
+        system, own = _cpu_jiffies(), _own_jiffies()
+        if system is None or own is None or not self.measures:
+            from codeassist.model.threads import free_cores as by_load_average
+
+            return by_load_average()
+        if system[1] > self._system[1]:  # else no tick has passed: keep the last answer
+            others = max(0, (system[0] - self._system[0]) - (own - self._own))  # other processes' busy jiffies
+            busy_cores = others / (system[1] - self._system[1]) * n  # total jiffies grow n per tick
+            self._free = max(1, min(n, int(n - busy_cores + 0.5)))
+            self._system, self._own = system, own
+        return self._free
+
+
+def free_cores(window_s: float = SAMPLE_S, sleep: Callable[[float], None] = time.sleep) -> int:
+    """Cores that other processes leave idle over the next `window_s` seconds; at least 1."""
+    watch = CoreWatch()
+    if watch.measures:
+        sleep(window_s)
+    return watch()
 
 
 def _malloc_trim() -> Callable[[], object] | None:

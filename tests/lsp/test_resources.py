@@ -10,7 +10,7 @@ import pytest
 
 from codeassist.lsp import resources
 from codeassist.lsp.backends import FakeBackend, LocalBackend
-from codeassist.lsp.resources import HeapTrimmer, free_cores
+from codeassist.lsp.resources import CoreWatch, HeapTrimmer, free_cores
 from codeassist.lsp.server import MAX_THREADS, CodeassistServer, default_backend_factory
 from codeassist.lsp.settings import Settings
 
@@ -34,6 +34,14 @@ def test_free_cores_subtracts_other_processes_busy_time(monkeypatch: Any, others
     # a window of 100 ticks on 4 cores: 400 jiffies in all
     _readings(monkeypatch, [(1000, 5000), (1000 + others_busy + own_busy, 5400)], [50, 50 + own_busy], cpus=4)
     assert free_cores(0.1, sleep=lambda s: None) == free
+
+
+def test_a_core_watch_answers_for_the_time_since_its_last_call_without_waiting(monkeypatch: Any) -> None:
+    # made at (0 busy, 0 total); then a window where another process took one of 2 cores, then
+    # no tick at all (the last answer stands), then an idle window
+    _readings(monkeypatch, [(0, 0), (100, 200), (100, 200), (100, 400)], [0, 0, 0, 0], cpus=2)
+    watch = CoreWatch()
+    assert (watch(), watch(), watch()) == (1, 1, 2)
 
 
 def test_free_cores_without_proc_falls_back_to_the_load_average(monkeypatch: Any) -> None:
