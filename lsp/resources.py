@@ -71,7 +71,7 @@ class CoreWatch:
     def __call__(self) -> int:
         n = os.cpu_count() or 1
         system, own = _cpu_jiffies(), _own_jiffies()
-        if system is None or own is None or not self.measures:
+        if system is None or own is None or self._system is None or self._own is None:
             from codeassist.model.threads import free_cores as by_load_average
 
             return by_load_average()
