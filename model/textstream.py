@@ -52,9 +52,10 @@ class TextStream:
 
     def finish(self) -> str:
         """Generation ended: a rule that waited for more decides now; everything not yet shown."""
+        shown = ""
         if not self.stopped and self._raw.startswith(self._forced):
-            self._judge(final=True)
-        return self._take(len(self.text))
+            shown = self._judge(final=True)
+        return shown + self._take(len(self.text))
 
     def _judge(self, final: bool) -> str:
         visible = self._raw[len(self._forced):]

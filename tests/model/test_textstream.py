@@ -70,3 +70,9 @@ def test_finish_judges_a_last_line_that_was_still_undecided() -> None:
     shown = "".join(s.push(t) for t in tok.encode("\n        b()\n    el"))
     assert shown == "\n        b()"  # "el" may be "else:": held back
     assert s.finish() == "" and s.output == "\n        b()"  # ended there: at the block's indent, no else
+
+
+def test_a_held_back_tail_is_shown_at_the_end_when_no_stop_came() -> None:
+    s = TextStream(stop=("\n\n\n",))
+    shown = [s.push(t) for t in tok.encode("x = 1\n")]
+    assert "".join(shown) == "x = 1" and s.finish() == "\n"  # the newline could have begun the stop
