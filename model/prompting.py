@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from codeassist.model.tokenization import Tokenizer, resolve
 
-__all__ = ["CUT_QUANTUM", "MAX_HEAL_TOKENS", "SUFFIX_TOKENS", "TAIL_TOKENS", "Prompt", "build_prompt",
+__all__ = ["CUT_QUANTUM", "MAX_HEAL_TOKENS", "SUFFIX_TOKENS", "TAIL_TOKENS", "Prompt", "RepoContext", "build_prompt",
            "heal_prefix", "strip_forced", "warm_up_prompts"]
 
 SUFFIX_TOKENS = 256  # "a few hundred": the model was trained on ~3,000-character chunks
@@ -35,6 +35,15 @@ CUT_QUANTUM = 256  # the prefix is cut only at absolute offsets rounded to this 
 MAX_HEAL_TOKENS = 4  # enough for most identifiers typed halfway
 CONTEXT_MIN_ROOM = 48  # context (other files' snippets) only when at least this many tokens are free
 TAIL_TOKENS = 64  # as many as a copy lookup compares (model/copy.py MAX_MATCH)
+
+
+@dataclass(frozen=True)
+class RepoContext:
+    """Other files of the repository for a model trained on a repository layout (`Tokenizer.repo_layout`)."""
+
+    name: str  # the repository's name
+    files: tuple[tuple[str, str], ...]  # (path, text), most relevant first
+    path: str  # the path of the file being completed
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,7 @@ class Prompt:
     fim: bool
     tail: tuple[int, ...] = ()  # the last tokens before the cursor, after healing (copy lookups)
     context: str = ""  # the context text (other files' snippets) the ids cover, before the prefix
+    repo: RepoContext | None = None  # instead of `context`: the files the repository layout kept
 
     @property
     def forced_prefix(self) -> bytes:
@@ -60,7 +70,7 @@ class Prompt:
 
 def build_prompt(prefix: str, suffix: str, max_prompt_tokens: int, heal: bool | str = True,
                  tokenizer: Tokenizer | None = None, *, context: Sequence[str] = (),
-                 prefix_offset: int = 0) -> Prompt:
+                 prefix_offset: int = 0, repo: RepoContext | None = None) -> Prompt:
     """The prompt for a cursor between `prefix` and `suffix` in at most `max_prompt_tokens` tokens
     of `tokenizer` (ours when None).
 
@@ -68,7 +78,9 @@ def build_prompt(prefix: str, suffix: str, max_prompt_tokens: int, heal: bool | 
     string backs off exactly that text, which `prefix` must end with (a client healed it already);
     False keeps every token. `context`: blocks of text (snippets of other files, formatted as the
     language's comments) placed before the prefix, in order, while they fit. `prefix_offset`: the
-    absolute offset of prefix[0] in the document, so the prefix is cut at stable places.
+    absolute offset of prefix[0] in the document, so the prefix is cut at stable places. `repo`:
+    the same files for a model trained on a repository layout (Qwen2.5-Coder), which then gets
+    them in that layout before its FIM prompt, as many as fit, instead of `context`.
 
     The budget keeps the text nearest the cursor: the end of the prefix and the start of the
     suffix (at most SUFFIX_TOKENS, and a quarter of the budget).
@@ -94,6 +106,13 @@ def build_prompt(prefix: str, suffix: str, max_prompt_tokens: int, heal: bool | 
     forced = given
     if heal is True:
         prefix_ids, forced = heal_prefix(prefix_ids, tk)
+    preamble, kept = _repo_ids(repo, room - len(prefix_ids), tk) if repo is not None and tk.repo_layout \
+        else ([], None)
+    if preamble:
+        ids = tk.fim_ids(prefix_ids, suffix_ids, preamble=preamble) if fim else [*tk.lead_ids(), *preamble,
+                                                                                 *prefix_ids]
+        return Prompt(ids=tuple(ids), forced=forced, prefix=head + given, suffix=kept_suffix, fim=fim,
+                      tail=tuple(prefix_ids[-TAIL_TOKENS:]), repo=kept)
     context_ids, context_text = _context_ids(context, room - len(prefix_ids), tk)
     body = context_ids + prefix_ids
     ids = tk.fim_ids(body, suffix_ids) if fim else [*tk.lead_ids(), *body]
@@ -189,3 +208,18 @@ def _context_ids(context: Sequence[str], room: int, tk: Tokenizer) -> tuple[list
         out.extend(ids)
         kept.append(block)
     return out, "".join(kept)
+
+
+def _repo_ids(repo: RepoContext, room: int, tk: Tokenizer) -> tuple[list[int], RepoContext | None]:
+    """The repository layout's ids with the files that fit `room`, in order; ([], None) when none
+    fits (or room is below CONTEXT_MIN_ROOM): the prompt is then the model card's file-level one."""
+    kept: list[tuple[str, str]] = []
+    ids: list[int] = []
+    if room >= CONTEXT_MIN_ROOM:
+        for file in repo.files:
+            longer = tk.repo_ids(repo.name, (*kept, file), repo.path)
+            if len(longer) > room:
+                break
+            kept.append(file)
+            ids = longer
+    return (ids, RepoContext(repo.name, tuple(kept), repo.path)) if kept else ([], None)

@@ -82,17 +82,38 @@ class Tokenizer(ABC):
         (documents were separated by it in training, so it marks the start of a file)."""
         return [self.bos_id] if self.bos_id is not None else [self.eot_id]
 
+    @property
+    def repo_layout(self) -> bool:
+        """Whether the model was trained on a repository layout (Qwen2.5-Coder's <|repo_name|> and
+        <|file_sep|>): other files then go before the FIM prompt in it (`repo_ids`), not as comments."""
+        t = self.template
+        return t is not None and bool(t.repo_name and t.file_sep)
+
+    def repo_ids(self, repo: str, files: Sequence[tuple[str, str]], path: str) -> list[int]:
+        """The repository layout's ids: `<|repo_name|>repo\n`, `<|file_sep|>path\ntext\n` for each
+        of `files`, then the header of the file being completed (`<|file_sep|>path\n`); the
+        markers as their special ids, the rest as text. [] without a layout."""
+        t = self.template
+        if t is None or not (t.repo_name and t.file_sep):
+            return []
+        sep = self.special_id(t.file_sep)
+        ids = [self.special_id(t.repo_name), *self.encode(f"{repo}\n")]
+        for name, text in files:
+            ids += [sep, *self.encode(f"{name}\n{text}\n")]
+        return [*ids, sep, *self.encode(f"{path}\n")]
+
     def fim_ids(self, prefix: Sequence[int], suffix: Sequence[int], middle: Sequence[int] = (),
-                spm: bool | None = None) -> list[int]:
+                spm: bool | None = None, preamble: Sequence[int] = ()) -> list[int]:
         """The FIM prompt in the template's layout (BOS first when the model wants it).
 
         `spm` overrides the template's order (training uses both orders for our model). The
-        text around the markers of some layouts (Code Llama's spaces) is encoded in place."""
+        text around the markers of some layouts (Code Llama's spaces) is encoded in place.
+        `preamble` (the repository layout, `repo_ids`) goes before the template's first marker."""
         t = self.template
         if t is None:
             raise ValueError("this model has no fill-in-the-middle template; build a left-to-right prompt")
         p, s, m = self.special_id(t.prefix), self.special_id(t.suffix), self.special_id(t.middle)
-        head = [self.bos_id] if self.bos_id is not None else []
+        head = [*([self.bos_id] if self.bos_id is not None else []), *preamble]
         # a space before a marker that is stored with its space ("▁<SUF>", Code Llama's) is in the marker
         pp = self.encode(t.prefix_pad) if t.prefix_pad else []
         sp = self.encode(t.suffix_pad) if t.suffix_pad and not self._spaced(t.suffix) else []
@@ -151,8 +172,8 @@ class CodeassistTokenizer(Tokenizer):
         return {"tokenizer": self.name}
 
     def fim_ids(self, prefix: Sequence[int], suffix: Sequence[int], middle: Sequence[int] = (),
-                spm: bool | None = None) -> list[int]:
-        return ours.build_fim_ids(prefix, suffix, middle, spm=True if spm is None else spm)
+                spm: bool | None = None, preamble: Sequence[int] = ()) -> list[int]:
+        return [*preamble, *ours.build_fim_ids(prefix, suffix, middle, spm=True if spm is None else spm)]
 
 
 @functools.cache

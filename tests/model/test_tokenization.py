@@ -541,3 +541,40 @@ def test_language_server_pipeline_with_a_local_hf_model(folders: dict[str, Path]
     assert got.reason is None or "dropped" in got.reason or "nothing" in got.reason, got.reason
     want = lsp_prompt(ctx, min(Settings().max_prompt_tokens, 2048 - 8), tokenizer=tk)
     assert got.prompt_tokens == len(want.ids) and want.ids[0] == tk.special_id("<|fim_prefix|>")
+
+
+def test_repository_layout_goes_before_the_fim_prompt(toks: dict[str, HFTokenizer], folders: dict[str, Path]) -> None:
+    """Qwen2.5-Coder's repository layout, as its model card writes it, byte for byte: the other
+    files, the file's own header, then the FIM prompt; a model without the layout gets comments."""
+    from codeassist.model.prompting import RepoContext
+
+    prefix, suffix = "def main():\n    total = 0\n    ", "\n    return total\n"
+    repo = RepoContext("lib", (("a.py", "x = 1"), ("b.py", "def total():\n    pass")), "c.py")
+    tk = toks["qwen"]
+    prompt = build_prompt(prefix, suffix, 512, heal=False, tokenizer=tk, context=("# unused\n",), repo=repo)
+    t = TEMPLATES["qwen"]
+    want = t.repo_context("lib", repo.files) + t.current_file("c.py") + t.build(prefix, suffix)
+    assert hf_decode(folders["qwen"], list(prompt.ids)) == want
+    assert prompt.repo == repo and prompt.context == ""
+    # a tight budget keeps the files that fit, in order, and never outgrows it
+    small = build_prompt(prefix, suffix, 60 + len(tk.encode(prefix + suffix)), heal=False, tokenizer=tk, repo=repo)
+    assert small.repo is not None and small.repo.files == repo.files[:len(small.repo.files)]
+    assert len(small.ids) <= 60 + len(tk.encode(prefix + suffix))
+    # StarCoder's template has no repository layout here: the context goes in as comments
+    star = build_prompt(prefix, suffix, 512, heal=False, tokenizer=toks["starcoder"], context=("# from a.py\n",),
+                        repo=repo)
+    assert star.repo is None and star.context == "# from a.py\n"
+
+
+def test_the_editor_sends_snippets_in_the_repository_layout(toks: dict[str, HFTokenizer],
+                                                            folders: dict[str, Path]) -> None:
+    from codeassist.lsp.context import Snippet, build_context
+    from codeassist.lsp.prompt import prompt_for
+
+    text = "import os\n\ndef main():\n    return helper(1)\n"
+    ctx = build_context("file:///home/u/proj/pkg/main.py", "python", text, text.index("helper") + 3,
+                        (Snippet(path="util.py", text="def helper(n):\n    return n", score=0.9),))
+    prompt = prompt_for(ctx, 512, tokenizer=toks["qwen"])
+    decoded = hf_decode(folders["qwen"], list(prompt.ids))
+    assert decoded.startswith("<|repo_name|>pkg\n<|file_sep|>util.py\ndef helper(n):\n    return n\n"
+                              "<|file_sep|>main.py\n<|fim_prefix|>import os\n")
