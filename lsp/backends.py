@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from codeassist.model.errors import UserFacingError
-from codeassist.model.prompting import Prompt, strip_forced
+from codeassist.model.prompting import Prompt, RepoContext, strip_forced
 from codeassist.model.stops import StopRules
 from codeassist.model.tokenizer import TokenizerError
 from codeassist.remote.settings import RemoteSettings
@@ -41,6 +41,7 @@ class CompletionRequest:
     time_budget_s: float | None = None
     reuse_prefix: bool = True
     copy: tuple[str, ...] = ()  # copy candidates (begin with prompt.forced); the model decides
+    repo: RepoContext | None = None  # the snippets as repository files (a remote raw template's layout)
 
 
 @dataclass(frozen=True)
@@ -279,7 +280,8 @@ class RemoteBackend:
             # what the builder made: the context and prefix text, and the healed part for our server
             text = await client.complete(
                 prompt.text_prefix, prompt.suffix, max_tokens=request.max_tokens,
-                temperature=request.temperature, stop=list(request.stop.strings), healed=prompt.forced)
+                temperature=request.temperature, stop=list(request.stop.strings), healed=prompt.forced,
+                repo=request.repo, context=prompt.context)
         except RemoteError as exc:
             self._last_error = str(exc)
             if self.fallback is not None:

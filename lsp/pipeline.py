@@ -18,7 +18,7 @@ from codeassist.lsp.backends import Backend, BackendResult, CompletionRequest
 from codeassist.lsp.cache import CompletionCache
 from codeassist.lsp.context import CompletionContext, Mode, completion_mode
 from codeassist.lsp.postprocess import postprocess
-from codeassist.lsp.prompt import prompt_for
+from codeassist.lsp.prompt import prompt_for, repo_context
 from codeassist.lsp.settings import Settings
 from codeassist.lsp.workspace import WorkspaceIndex
 from codeassist.model.copy import Candidate
@@ -151,7 +151,8 @@ class Pipeline:
         found = self._copy_candidates(ctx, prompt, tk)
         request = CompletionRequest(prompt=prompt, max_tokens=max_tokens, temperature=s.temperature,
                                     stop=stops_for(ctx, mode), time_budget_s=budget_ms / 1000,
-                                    reuse_prefix=s.prefix_reuse, copy=tuple(c.text for c in found))
+                                    reuse_prefix=s.prefix_reuse, copy=tuple(c.text for c in found),
+                                    repo=repo_context(ctx) if ctx.snippets else None)
         t1 = time.perf_counter()
         if found and status.backend == "remote" and found[0].match_chars >= REMOTE_COPY_MIN_CHARS:
             # a team server cannot score our candidates: a long match is taken without asking it

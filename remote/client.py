@@ -40,13 +40,16 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from codeassist.model.fim_templates import TEMPLATE_NAMES, FimTemplate, for_model_name, get_template
 from codeassist.remote.schema import CompletionRequest
 from codeassist.remote.settings import APIS, RemoteSettings  # the one remote-settings type
+
+if TYPE_CHECKING:
+    from codeassist.model.prompting import RepoContext
 
 __all__ = ["APIS", "SESSION_HEADER", "SESSION_ID", "RemoteClient", "RemoteError", "RemoteSettings",
            "resolve_template", "trim_at_stops"]
@@ -111,15 +114,23 @@ class RemoteClient:
         self._max_stops: int | None = None  # set once the server refused a longer stop list
 
     async def complete(self, prefix: str, suffix: str, *, max_tokens: int, temperature: float,
-                       stop: list[str], healed: str | None = None) -> str:
+                       stop: list[str], healed: str | None = None, repo: RepoContext | None = None,
+                       context: str = "") -> str:
         """The text after `prefix` (the cursor). `healed`: the end of `prefix` that the prompt
-        builder healed ("" for none), for our server to honour; None lets the server heal."""
+        builder healed ("" for none), for our server to honour; None lets the server heal.
+        `repo`: other files of the repository; a raw template with a repository layout (Qwen's)
+        sends them in it, before the FIM prompt, instead of `context` (the same files as comments,
+        which `prefix` begins with)."""
         wait_s = self._retry_at - self._clock()
         if wait_s > 0:
             raise RemoteError(f"{self._busy}; next try in {math.ceil(wait_s)} s")
         stops = [s for s in dict.fromkeys([*stop, *(self.template.stops if self.template else ())]) if s]
         deadline = time.monotonic() + self._timeout_s  # one deadline for the call, a retry included
-        fields = (prefix, suffix, max_tokens, temperature, healed)
+        layout = ""
+        if repo is not None and repo.files and self.template is not None and self.template.repo_name:
+            layout = self.template.repo_context(repo.name, repo.files) + self.template.current_file(repo.path)
+            prefix = prefix[len(context):] if context and prefix.startswith(context) else prefix
+        fields = (prefix, suffix, max_tokens, temperature, healed, layout)
         response = await self._post(*fields, stops, deadline)
         if self._max_stops is None and len(stops) > LIMITED_STOPS and _refuses_stops(response):
             self._max_stops = LIMITED_STOPS  # this server's limit; the rest are applied here
@@ -132,9 +143,9 @@ class RemoteClient:
         await self._http.aclose()
 
     async def _post(self, prefix: str, suffix: str, max_tokens: int, temperature: float, healed: str | None,
-                    stops: list[str], deadline: float) -> httpx.Response:
+                    layout: str, stops: list[str], deadline: float) -> httpx.Response:
         sent = stops[:self._max_stops] if self._max_stops is not None else stops
-        path, body = self._request(prefix, suffix, max_tokens, temperature, sent, healed)
+        path, body = self._request(prefix, suffix, max_tokens, temperature, sent, healed, layout)
         try:
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
                 return await self._http.post(path, json=body)
@@ -146,7 +157,7 @@ class RemoteClient:
                               f"({type(exc).__name__})") from None
 
     def _request(self, prefix: str, suffix: str, max_tokens: int, temperature: float,
-                 stop: list[str], healed: str | None = None) -> tuple[str, dict[str, Any]]:
+                 stop: list[str], healed: str | None = None, layout: str = "") -> tuple[str, dict[str, Any]]:
         s = self.settings
         if s.api == "llamacpp":
             return "/infill", {"input_prefix": prefix, "input_suffix": suffix, "n_predict": max_tokens,
@@ -154,7 +165,7 @@ class RemoteClient:
         if s.api == "ollama":
             options = {"num_predict": max_tokens, "temperature": temperature, "stop": stop}
             if self.template is not None and s.template != "auto":  # the user's template, sent verbatim
-                return "/api/generate", {"model": s.model, "prompt": self.template.build(prefix, suffix),
+                return "/api/generate", {"model": s.model, "prompt": layout + self.template.build(prefix, suffix),
                                          "stream": False, "raw": True, "options": options}
             return "/api/generate", {"model": s.model, "prompt": prefix, "suffix": suffix, "stream": False,
                                      "raw": False, "options": options}
@@ -162,7 +173,8 @@ class RemoteClient:
         fields: dict[str, Any] = {"prompt": prefix, "max_tokens": max_tokens, "temperature": temperature,
                                   "stop": stop or None}
         if self.template is not None:
-            fields["prompt"] = self.template.build(prefix, suffix)  # no suffix field: vLLM and TGI refuse it
+            # the raw FIM text, after the repository layout if any; no suffix field: vLLM and TGI refuse it
+            fields["prompt"] = layout + self.template.build(prefix, suffix)
         elif suffix:
             fields["suffix"] = suffix
         if s.model:

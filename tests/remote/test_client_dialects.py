@@ -157,6 +157,31 @@ async def test_openai_dialect_with_a_template_sends_the_raw_fim_prompt_and_no_su
     assert_headers(seen)
 
 
+async def test_a_template_with_a_repository_layout_sends_the_files_in_it(fake) -> None:  # type: ignore[no-untyped-def]
+    """Qwen's raw prompt: the other files in its repository layout before the FIM prompt, and the
+    same files as comments (which the prefix begins with) left out; a template without the layout
+    keeps the comments in its prefix."""
+    from codeassist.model.prompting import RepoContext
+
+    repo = RepoContext("proj", (("util.py", "def area2(r):\n    return 2"),), "main.py")
+    comments = "# Compare this snippet from util.py:\n# def area2(r):\n#     return 2\n"
+    for template in ("qwen", "starcoder"):
+        server = fake(openai_answer("3.14 * r * r"))
+        client = RemoteClient(RemoteSettings(url=server.url + "/v1", api="openai", model="served", template=template))
+        try:
+            await client.complete(comments + PREFIX, SUFFIX, max_tokens=16, temperature=0.0, stop=LINE_STOPS,
+                                  repo=repo, context=comments)
+        finally:
+            await client.aclose()
+        (seen,) = server.seen
+        card = CARDS[template].format(prefix=PREFIX, suffix=SUFFIX)
+        if template == "qwen":
+            assert seen.body["prompt"] == ("<|repo_name|>proj\n<|file_sep|>util.py\ndef area2(r):\n    return 2\n"
+                                           "<|file_sep|>main.py\n" + card)
+        else:
+            assert seen.body["prompt"] == CARDS[template].format(prefix=comments + PREFIX, suffix=SUFFIX)
+
+
 async def test_openai_dialect_auto_template_from_the_model_name(fake) -> None:  # type: ignore[no-untyped-def]
     server = fake(openai_answer("3.14"))
     client = RemoteClient(RemoteSettings(url=server.url, api="openai", model="Qwen/Qwen2.5-Coder-0.5B"))
