@@ -70,22 +70,11 @@ def run_guarded(module: object, args: argparse.Namespace) -> int:
         print(f"codeassist: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:
-        if _not_yet_user_facing(exc):
-            print(f"codeassist: error: {exc}", file=sys.stderr)
-            return 1
         if os.environ.get("CODEASSIST_DEBUG"):
             raise
         print(f"codeassist: internal error: {type(exc).__name__}: {str(exc)[:300]} "
               "(set CODEASSIST_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
-
-
-def _not_yet_user_facing(exc: Exception) -> bool:
-    """Errors written for the user whose classes do not derive from UserFacingError yet:
-    model/tokenizer.py's TokenizerError."""
-    from codeassist.model.tokenizer import TokenizerError
-
-    return isinstance(exc, TokenizerError)
 
 
 def _alias(command: str) -> int:

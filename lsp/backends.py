@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from codeassist.model.errors import UserFacingError
 from codeassist.model.prompting import Prompt, RepoContext, strip_forced
 from codeassist.model.stops import StopRules
-from codeassist.model.tokenizer import TokenizerError
 from codeassist.remote.settings import RemoteSettings
 
 if TYPE_CHECKING:
@@ -321,6 +320,6 @@ def make_backend(kind: str, model: str, device: str, remote: RemoteSettings) -> 
 
 def _one_sentence(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, (UserFacingError, TokenizerError)):  # a model file or tokenizer that cannot be read
+    if isinstance(exc, UserFacingError):  # a model file or tokenizer that cannot be read
         return text
     return f"the model could not be loaded ({type(exc).__name__}: {text[:200]})"

@@ -22,6 +22,8 @@ from importlib import resources
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
+from codeassist.model.errors import UserFacingError
+
 RANKS_FILE = "gpt2.tiktoken"
 RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 # r50k_base / p50k_base pre-tokenization pattern
@@ -42,8 +44,8 @@ FIM_SUFFIX_ID = FIM_PREFIX_ID + 2
 VOCAB_SIZE = 50304  # 50283 real ids, padded to a multiple of 64 for fast matmuls
 
 
-class TokenizerError(RuntimeError):
-    """The bundled ranks file is missing or damaged."""
+class TokenizerError(UserFacingError, RuntimeError):
+    """The bundled ranks file is missing or damaged; str() is one sentence."""
 
 
 def _ranks_path() -> str:

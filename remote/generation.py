@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from codeassist.model.completion import build_prompt
+from codeassist.model.prompting import build_prompt
 from codeassist.model.sampling import SamplingParams
 from codeassist.model.tokenization import Tokenizer
 from codeassist.remote.errors import APIError
@@ -42,6 +42,7 @@ class Ask:
     seed: int | None = None
     stop_on_eos: bool = True
     truncate: int | None = None  # None: refuse an over-long prompt; -1: fit the context; k: keep k
+    heal: bool | str = True  # True: heal here; a string: the end of prefix the client healed (healed_prefix)
 
 
 @dataclass
@@ -64,13 +65,13 @@ def plan_jobs(ask: Ask, block_size: int, max_tokens_limit: int, deadline: float,
         raise APIError(400, f"max_tokens of {ask.max_tokens} leaves no room for the prompt in the model's "
                        f"context of {block_size} tokens", "max_tokens", "context_length_exceeded")
     if ask.truncate is None:
-        prompt = build_prompt(ask.prefix, ask.suffix, max_prompt_tokens=1 << 30, tokenizer=tokenizer)
+        prompt = build_prompt(ask.prefix, ask.suffix, 1 << 30, ask.heal, tokenizer)
         if len(prompt.ids) > budget:
             raise APIError(400, f"the prompt ({len(prompt.ids)} tokens) plus max_tokens ({ask.max_tokens}) "
                            f"exceeds the model's context of {block_size} tokens", "prompt",
                            "context_length_exceeded")
     else:
-        prompt = build_prompt(ask.prefix, ask.suffix, max_prompt_tokens=budget, tokenizer=tokenizer)
+        prompt = build_prompt(ask.prefix, ask.suffix, budget, ask.heal, tokenizer)
     return [Job(prompt=prompt.ids, max_new_tokens=ask.max_tokens, sampling=ask.sampling,
                 forced_prefix=prompt.forced_prefix, stop=ask.stop, stop_on_eos=ask.stop_on_eos,
                 seed=None if ask.seed is None else ask.seed + i, deadline=deadline)

@@ -70,7 +70,8 @@ def to_ask(body: CompletionRequest, state: ServerState) -> Ask:
         raise APIError(400, "healed_prefix must be the end of the prompt", "healed_prefix")
     return Ask(prefix=prompt, suffix=body.suffix or "", max_tokens=body.max_tokens,
                sampling=SamplingParams(temperature=body.temperature, top_p=body.top_p), stop=tuple(stops),
-               n=body.n, seed=body.seed, stop_on_eos=not body.ignore_eos, truncate=body.truncate_prompt_tokens)
+               n=body.n, seed=body.seed, stop_on_eos=not body.ignore_eos, truncate=body.truncate_prompt_tokens,
+               heal=True if body.healed_prefix is None else body.healed_prefix)
 
 
 @router.post("/completions", response_model=None)

@@ -25,6 +25,7 @@ def test_the_user_facing_errors_of_every_package_share_the_base() -> None:
     from codeassist.model.export import ExportError
     from codeassist.model.export_llama import TokenizerExportError
     from codeassist.model.tokenization import TokenizerFileError
+    from codeassist.model.tokenizer import TokenizerError
     from codeassist.remote.cli import ServeError
     from codeassist.remote.errors import APIError
     from codeassist.remote.settings import SettingsError
@@ -33,7 +34,7 @@ def test_the_user_facing_errors_of_every_package_share_the_base() -> None:
     from codeassist.training.state import ResumeError
 
     for cls in (ModelFileError, ExportError, TokenizerExportError, TokenizerFileError, ServeError,
-                SettingsError, TrainError, ResumeError, UserError, NonFiniteLossError):
+                SettingsError, TrainError, ResumeError, UserError, NonFiniteLossError, TokenizerError):
         assert issubclass(cls, UserFacingError), cls
     assert issubclass(LspError, CodeassistError) and issubclass(APIError, CodeassistError)
     assert issubclass(SettingsError, ValueError) and issubclass(TokenizerFileError, ValueError)
@@ -64,9 +65,9 @@ def test_a_class_named_like_a_user_error_is_still_a_bug(capsys: pytest.CaptureFi
     assert "internal error: ModelFileError: boom" in capsys.readouterr().err
 
 
-def test_the_classes_not_yet_derived_stay_user_facing(capsys: pytest.CaptureFixture[str]) -> None:
-    """model/tokenizer.py's TokenizerError until it derives from UserFacingError, and training/loop.py's
-    NonFiniteLossError, which does: the command prints them as before."""
+def test_the_tokenizer_and_training_errors_stay_user_facing(capsys: pytest.CaptureFixture[str]) -> None:
+    """model/tokenizer.py's TokenizerError and training/loop.py's NonFiniteLossError, which now derive
+    from UserFacingError: the command prints them as before."""
     from codeassist.model.tokenizer import TokenizerError
     from codeassist.training.loop import NonFiniteLossError
 

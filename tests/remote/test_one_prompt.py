@@ -113,3 +113,17 @@ def _recording(post: Callable[..., Any], bodies: list[bytes]) -> Callable[..., A
         return await post(self, url, **kwargs)
 
     return record
+
+
+async def test_our_server_honours_the_healed_prefix_it_is_sent(serve: Callable[..., Live],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    live = serve()
+    server = spy_on_the_scheduler(live, monkeypatch)
+    with httpx.Client(base_url=live.url, timeout=30) as http:
+        for healed in ("ur", ""):  # not where the server would heal (" retur"): it heals where it is told
+            r = http.post("/v1/completions", json={"prompt": PREFIX, "suffix": SUFFIX, "max_tokens": 4,
+                                                   "healed_prefix": healed})
+            assert r.status_code == 200, r.text
+    want = [build_prompt(PREFIX, SUFFIX, 1 << 20, heal=h) for h in ("ur", "")]
+    assert server == [(p.ids, p.forced_prefix) for p in want]
+    assert [p.forced for p in want] == ["ur", ""]
