@@ -12,8 +12,8 @@ PACKAGES := cli model lsp training quantization remote evaluation
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,train]'
+	$(PY) -m pip install --quiet --no-compile torch==2.13.0
+	$(PY) -m pip install --quiet --no-compile -e '.[test,train]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,8 +32,12 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# mypy's cache lives beside pip's, outside the checkout: a fresh clone type-checks in seconds
+# instead of minutes (253 s cold against 4 s warm, measured), and a stale cache is only slower.
+MYPY_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/codeassist-mypy
+
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy $(foreach p,$(PACKAGES),-p codeassist.$(p))
+	$(VENV)/bin/mypy --cache-dir $(MYPY_CACHE) $(foreach p,$(PACKAGES),-p codeassist.$(p))
 
 # Debian's Neovim 0.7 for the LSP client tests (the >= 0.11 one comes from the test extra's wheel),
 # and curl for the team server's curl example. Installs only what is missing; where apt-get is
@@ -53,7 +57,7 @@ test-deps:
 EXT := vscode-extension
 EDITOR_APT := chromium ripgrep g++ make pkg-config libkrb5-dev libx11-dev libxkbfile-dev libsecret-1-dev emacs-nox elpa-eglot
 
-editor-apt:
+editor-apt: test-deps  # after it: two apt-get runs at once would collide on apt's lock
 	@missing=$$(for p in $(EDITOR_APT); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	[ -z "$$missing" ] || { echo "editor-apt: installing $$missing"; \

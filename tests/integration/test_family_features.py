@@ -86,18 +86,18 @@ def test_token_healing_forces_the_cut_word(tiny: TinyFolder) -> None:
     engine = load(tiny)
     tk = engine.tokenizer
     prefix = "def main():\n    value = compu"
-    last = tk.token_bytes(tk.encode(prefix)[-1])
     prompt = build_prompt(prefix, "", 200, tokenizer=tk)
-    assert prompt.forced_prefix == last and prefix.encode().endswith(last)
-    assert tk.decode(list(prompt.ids)) + last.decode() == prefix  # left to right: the prefix less its last token
+    last = prompt.forced_prefix  # healed back to the word's start, as the editor heals
+    assert last.strip() == b"compu" and prefix.encode().endswith(last)
+    assert tk.decode(list(prompt.ids)) + last.decode() == prefix  # left to right: the prefix less the healed word
     result = greedy(engine, prompt.ids, prompt.forced_prefix, stop_on_eos=False)
     assert result.text.encode().startswith(prompt.forced_prefix)
     # the first tokens spell the forced text out (a token may run past it), never something else
     spelled = b"".join(tk.token_bytes(t) for t in result.tokens)
     assert spelled.startswith(prompt.forced_prefix)
-    # without healing the prompt is one token longer and nothing is forced
+    # without healing the prompt holds the healed word's tokens and nothing is forced
     unhealed = build_prompt(prefix, "", 200, heal=False, tokenizer=tk)
-    assert len(unhealed.ids) == len(prompt.ids) + 1 and unhealed.forced_prefix == b""
+    assert len(unhealed.ids) == len(prompt.ids) + len(tk.encode(last.decode())) and unhealed.forced_prefix == b""
     text, _ = complete(engine, prefix, "", max_new_tokens=MAX, stop=())
     assert text == result.text[len(last.decode()):]
 
@@ -334,7 +334,7 @@ def metric(url: str, name: str) -> float:
 
 
 def test_team_server_text_stream_decodes_as_the_tokenizer(tiny: TinyFolder) -> None:
-    from codeassist.remote.textstream import TextStream
+    from codeassist.model.textstream import TextStream
 
     tk = HFTokenizer.from_folder(tiny.path)
     byte_ids = {tk.token_bytes(i): i for i in range(tk.n_vocab) if len(tk.token_bytes(i)) == 1}
