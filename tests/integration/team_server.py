@@ -5,13 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
-import httpx
-
 from tests.families_fixture import TinyFolder
-from tests.remote.test_serve_command import free_port
+from tests.remote.test_serve_command import free_port, wait_ready
 
 
 @dataclass
@@ -20,16 +17,7 @@ class TeamServer:
     url: str
 
     def wait_ready(self, timeout_s: float = 180) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            assert self.proc.poll() is None, self.proc.communicate()[1]
-            try:
-                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.2)
+        wait_ready(self.proc, self.url, timeout_s)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

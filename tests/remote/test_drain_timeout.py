@@ -18,7 +18,7 @@ import pytest
 from codeassist.model.checkpoint import save_model
 from codeassist.model.config import get_preset
 from codeassist.model.gpt import GPT
-from tests.remote.test_serve_command import free_port, serve_cmd
+from tests.remote.test_serve_command import free_port, serve_cmd, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -50,16 +50,7 @@ class Serving:
         self.reader = threading.Thread(target=self._stream, daemon=True)
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + 90
-        while True:
-            assert self.proc.poll() is None, "the server exited before it was ready"
-            try:
-                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.1)
+        wait_ready(self.proc, self.url)
 
     def _stream(self) -> None:
         body = {"prompt": "def f(x):\n", "max_tokens": self.max_tokens, "ignore_eos": True, "stream": True,

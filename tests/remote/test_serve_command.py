@@ -48,6 +48,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_ready(proc: subprocess.Popen[str], url: str, timeout_s: float = 90) -> None:
+    """Until `url`/ready answers 200; fails if the server exits first (with its stderr) or times out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"the server exited before it was ready: {err[-2000:]}")
+        try:
+            if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the server did not become ready"
+        time.sleep(0.1)
+
+
 def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path: Path) -> None:
     # wide enough that 80 tokens take a while on a CPU, so the request is in flight at SIGTERM
     config = dataclasses.replace(get_preset("tiny"), block_size=1024, n_embd=384, n_head=6)
@@ -63,16 +79,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path: Path) -> None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "CODEASSIST_DEBUG": ""})
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, "the server exited before it was ready"
-            try:
-                if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.1)
+        wait_ready(proc, url)
         lines: list[str] = []
         failures: list[Exception] = []
         first = threading.Event()
