@@ -213,13 +213,15 @@ def _context_ids(context: Sequence[str], room: int, tk: Tokenizer) -> tuple[list
 def _repo_ids(repo: RepoContext, room: int, tk: Tokenizer) -> tuple[list[int], RepoContext | None]:
     """The repository layout's ids with the files that fit `room`, in order; ([], None) when none
     fits (or room is below CONTEXT_MIN_ROOM): the prompt is then the model card's file-level one."""
+    if room < CONTEXT_MIN_ROOM or not repo.files:
+        return [], None
+    head, tail = tk.repo_frame(repo.name, repo.path)
+    body: list[int] = []
     kept: list[tuple[str, str]] = []
-    ids: list[int] = []
-    if room >= CONTEXT_MIN_ROOM:
-        for file in repo.files:
-            longer = tk.repo_ids(repo.name, (*kept, file), repo.path)
-            if len(longer) > room:
-                break
-            kept.append(file)
-            ids = longer
-    return (ids, RepoContext(repo.name, tuple(kept), repo.path)) if kept else ([], None)
+    for path, text in repo.files:  # each file encoded once, on every keystroke
+        ids = tk.repo_file_ids(path, text)
+        if len(head) + len(body) + len(ids) + len(tail) > room:
+            break
+        body += ids
+        kept.append((path, text))
+    return ([*head, *body, *tail], RepoContext(repo.name, tuple(kept), repo.path)) if kept else ([], None)

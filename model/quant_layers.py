@@ -188,6 +188,7 @@ class Int8Linear(nn.Module):
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._kernel = self._dequantized = self._fused = None
+        _reloads[0] += 1  # a fused kernel held by another layer of the group is stale now too
         super()._load_from_state_dict(*args, **kwargs)
 
     def dequantize(self) -> torch.Tensor:
@@ -302,6 +303,9 @@ class TiedHead(nn.Module):
         return self._table[0].linear(x)
 
 
+_reloads = [0]  # weights loaded in place (same storage, new values) since start-up, in any Int8Linear
+
+
 def _fusable(layers: Sequence[nn.Module]) -> bool:
     first = layers[0]
     return (len(layers) > 1 and all(type(m) is Int8Linear for m in layers)
@@ -319,8 +323,8 @@ def fused_linear(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch.Te
     if x.device.type == "cpu" and _fusable(layers):
         first = layers[0]
         assert isinstance(first, Int8Linear)
-        key = tuple((m.qweight.device, m.qweight.data_ptr(), m.scales.data_ptr()) for m in layers
-                    if isinstance(m, Int8Linear))
+        key = (_reloads[0], *((m.qweight.device, m.qweight.data_ptr(), m.scales.data_ptr()) for m in layers
+                              if isinstance(m, Int8Linear)))
         if first._fused is None or first._fused[0] != key:
             ints = [m for m in layers if isinstance(m, Int8Linear)]
             bias = None if first.bias is None else torch.cat([m.bias for m in ints if m.bias is not None])

@@ -93,14 +93,24 @@ class Tokenizer(ABC):
         """The repository layout's ids: `<|repo_name|>repo\n`, `<|file_sep|>path\ntext\n` for each
         of `files`, then the header of the file being completed (`<|file_sep|>path\n`); the
         markers as their special ids, the rest as text. [] without a layout."""
-        t = self.template
-        if t is None or not (t.repo_name and t.file_sep):
+        if not self.repo_layout:
             return []
-        sep = self.special_id(t.file_sep)
-        ids = [self.special_id(t.repo_name), *self.encode(f"{repo}\n")]
-        for name, text in files:
-            ids += [sep, *self.encode(f"{name}\n{text}\n")]
-        return [*ids, sep, *self.encode(f"{path}\n")]
+        head, tail = self.repo_frame(repo, path)
+        return [*head, *(i for name, text in files for i in self.repo_file_ids(name, text)), *tail]
+
+    def repo_frame(self, repo: str, path: str) -> tuple[list[int], list[int]]:
+        """The layout's ids before the files (`<|repo_name|>repo\n`) and after them (the header of
+        the file being completed). Segments meet at special ids, so they concatenate exactly."""
+        t = self.template
+        assert t is not None and t.repo_name and t.file_sep
+        return ([self.special_id(t.repo_name), *self.encode(f"{repo}\n")],
+                [self.special_id(t.file_sep), *self.encode(f"{path}\n")])
+
+    def repo_file_ids(self, path: str, text: str) -> list[int]:
+        """One file of the layout: `<|file_sep|>path\ntext\n`."""
+        t = self.template
+        assert t is not None and t.file_sep
+        return [self.special_id(t.file_sep), *self.encode(f"{path}\n{text}\n")]
 
     def fim_ids(self, prefix: Sequence[int], suffix: Sequence[int], middle: Sequence[int] = (),
                 spm: bool | None = None, preamble: Sequence[int] = ()) -> list[int]:
