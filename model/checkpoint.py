@@ -34,7 +34,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from codeassist.model.architectures import FamilyConfig, build_model, config_from_dict, family_name
+from codeassist.model.architectures import (
+    FamilyConfig,
+    config_from_dict,
+    empty_model,
+    family_name,
+)
 from codeassist.model.causal_lm import CausalLM
 from codeassist.model.errors import UserFacingError
 from codeassist.model.tokenizer import TOKENIZER_NAME
@@ -193,8 +198,7 @@ def _register_quantized_loaders() -> None:
 
 
 def _load_plain(path: Path, info: ModelInfo, tensors: dict[str, torch.Tensor]) -> CausalLM:
-    with torch.device("meta"):
-        model = build_model(info.config)
+    model = empty_model(info.config)
     tensors = dict(tensors)
     embedding = f"{model.EMBEDDING}.weight"
     if model.tied_embeddings and "lm_head.weight" not in tensors and embedding in tensors:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from codeassist.model.architectures import FAMILIES, FamilyConfig, build_model, family_name
+from codeassist.model.architectures import FAMILIES, FamilyConfig, empty_model, family_name
 from codeassist.model.bigcode import BigCodeConfig
 from codeassist.model.causal_lm import CausalLM
 from codeassist.model.checkpoint import ModelFileError, check_safetensors, load_tensors
@@ -137,8 +137,7 @@ def load_pretrained(path: str | os.PathLike[str], device: str | torch.device = "
         gpt = gpt.to(dtype=dtype) if dtype is not None else gpt
         return gpt.to(device).eval(), gpt.config
     config = hf_family_config(folder)
-    with torch.device("meta"):
-        model = build_model(config)
+    model = empty_model(config)
     tensors = map_hf_tensors(model, read_hf_tensors(folder), str(folder))
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from codeassist.model.architectures import empty_model
 from codeassist.model.checkpoint import ModelFileError
 from codeassist.model.config import ModelConfig
 from codeassist.model.gpt import GPT
@@ -74,8 +75,8 @@ def load_hf_gpt2(path: str | os.PathLike[str]) -> GPT:
     extra = wte.mean(dim=0, keepdim=True).expand(VOCAB_SIZE - N_GPT2, -1)
     sd["transformer.wte.weight"] = torch.cat([wte, extra], dim=0)
     sd["lm_head.weight"] = sd["transformer.wte.weight"]
-    with torch.device("meta"):
-        model = GPT(config)
+    model = empty_model(config)
+    assert isinstance(model, GPT)
     try:
         model.load_state_dict(sd, strict=True, assign=True)
     except RuntimeError as exc:

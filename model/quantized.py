@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from codeassist.model.architectures import FamilyConfig, build_model, model_class
+from codeassist.model.architectures import FamilyConfig, build_model, empty_model, model_class
 from codeassist.model.causal_lm import CausalLM
 from codeassist.model.checkpoint import QUANTIZED_LOADERS, ModelFileError, ModelInfo
 from codeassist.model.quant_layers import (
@@ -126,8 +126,7 @@ def build_quantized_model(config: FamilyConfig, quantization: dict[str, Any],
                           tensors: dict[str, torch.Tensor]) -> CausalLM:
     """The model with quantized modules holding `tensors` (a quantized model file's contents)."""
     spec = QuantSpec.from_metadata(quantization)
-    with torch.device("meta"):
-        model = build_model(config)
+    model = empty_model(config)
     try:
         swap_modules(model, spec)
     except ValueError as exc:
