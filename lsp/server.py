@@ -21,12 +21,12 @@ from pygls.exceptions import FeatureRequestError
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
-from codeassist.lsp.backends import Backend, LocalBackend, make_backend
+from codeassist.lsp.backends import Backend, make_backend
 from codeassist.lsp.context import Snippet, build_context, cursor_offset, index_to_units
 from codeassist.lsp.pipeline import Completion, Pipeline
 from codeassist.lsp.prompt import warm_up_prompts
 from codeassist.lsp.protocol import HardenedProtocol
-from codeassist.lsp.resources import HeapTrimmer, free_cores
+from codeassist.lsp.resources import HeapTrimmer
 from codeassist.lsp.settings import Settings, parse_settings
 from codeassist.lsp.snippets import query_lines, rank_snippets
 from codeassist.lsp.transport import (
@@ -53,16 +53,10 @@ def _version() -> str:
         return "0"
 
 
-MAX_THREADS = 4  # batch-1 decoding gains little from more
-
-
 def default_backend_factory(settings: Settings) -> Backend:
-    """The backend the settings choose; a local model gets as many threads as cores are free now
-    (with one core busy, two-thread decoding collapses 2-4x while one thread loses nothing)."""
-    backend = make_backend(settings.backend, settings.model, settings.device, settings.remote)
-    if isinstance(backend, LocalBackend) and backend.threads is None:
-        backend.threads = min(MAX_THREADS, free_cores())
-    return backend
+    """The backend the settings choose; a local model takes the cores that are free before each
+    request (LocalBackend)."""
+    return make_backend(settings.backend, settings.model, settings.device, settings.remote)
 
 
 class CodeassistServer(LanguageServer):

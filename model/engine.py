@@ -188,8 +188,10 @@ class Engine:
     def _generate(self, req: GenerationRequest, cancel: threading.Event | None) -> GenerationResult:
         t0 = time.perf_counter()
         rules = req.stop
-        deadline = t0 + rules.time_budget_s if rules.time_budget_s else None
         prompt, max_new, truncated, reuse, first_logits = self._start(req)
+        # the budget is for decoding: a cold prompt's prefill is paid once (the next keystroke
+        # reuses it), so it must not eat the time of the suggestion it was paid for
+        deadline = time.perf_counter() + rules.time_budget_s if rules.time_budget_s else None
         logits: torch.Tensor | None = first_logits
         res = GenerationResult(tokens=[], text="", stop_reason="max_tokens" if max_new > 0 else "context",
                                prompt_tokens=len(prompt), reused_tokens=reuse, truncated_prompt=truncated,

@@ -34,7 +34,7 @@ class StopRules:
     max_new_tokens: int = 64
     stop_strings: tuple[str, ...] = ()  # generation stops before the first occurrence of any
     stop_on_eos: bool = True
-    time_budget_s: float | None = None  # wall-clock budget for the whole request
+    time_budget_s: float | None = None  # wall-clock budget for decoding, from the end of the prefill
     stop_at_newline: bool = False  # LINE mode: the first line break ends the output
     dedent_line_prefix: str | None = None  # BLOCK mode: the cursor's line before the cursor (see dedent_cut)
     suffix_line: str = ""  # the first non-blank line after the cursor, stripped; "" for none

@@ -70,6 +70,41 @@ async def test_cancel_stops_generation_within_a_step(tiny_model_path: Path) -> N
     await backend.aclose()
 
 
+async def test_each_request_runs_on_the_cores_free_then(tiny_model_path: Path) -> None:
+    """Threads are chosen before every request from the free cores (capped), and the generation
+    runs with them; a fixed `threads` is kept whatever the cores say."""
+    import torch
+
+    before = torch.get_num_threads()
+    free = iter([1, 2, 1, 9])  # the load's answer, then one per request
+    seen: list[int] = []
+    backend = LocalBackend(str(tiny_model_path), device="cpu", cores=lambda: next(free))
+    backend.start()
+    assert await asyncio.to_thread(backend.wait_ready, 60)
+    engine = backend._engine
+    assert engine is not None
+    orig = engine.generate
+
+    def recording(req, cancel=None):  # type: ignore[no-untyped-def]
+        seen.append(torch.get_num_threads())
+        return orig(req, cancel)
+
+    engine.generate = recording  # type: ignore[method-assign]
+    try:
+        for _ in range(3):
+            await backend.complete(request("x = 1\n", max_tokens=2))
+        assert seen == [2, 1, 4]  # 9 free cores: capped at MAX_THREADS
+
+        fixed = LocalBackend(str(tiny_model_path), device="cpu", threads=1, cores=lambda: 2)
+        fixed._engine = engine
+        await fixed.complete(request("x = 1\n", max_tokens=2))
+        assert seen[-1] == 1
+        await fixed.aclose()
+    finally:
+        await backend.aclose()
+        torch.set_num_threads(before)
+
+
 async def test_missing_model_says_why_in_one_sentence(tmp_path: Path) -> None:
     backend = LocalBackend(str(tmp_path / "nope.safetensors"), device="cpu")
     backend.start()

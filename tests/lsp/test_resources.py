@@ -11,7 +11,7 @@ import pytest
 from codeassist.lsp import resources
 from codeassist.lsp.backends import FakeBackend, LocalBackend
 from codeassist.lsp.resources import CoreWatch, HeapTrimmer, free_cores
-from codeassist.lsp.server import MAX_THREADS, CodeassistServer, default_backend_factory
+from codeassist.lsp.server import CodeassistServer, default_backend_factory
 from codeassist.lsp.settings import Settings
 
 
@@ -61,13 +61,11 @@ def test_a_process_spinning_on_one_core_leaves_fewer_free_cores() -> None:
         spin.wait()
 
 
-def test_the_local_backend_gets_the_free_cores_as_threads(monkeypatch: Any) -> None:
-    monkeypatch.setattr("codeassist.lsp.server.free_cores", lambda: 9)
+def test_the_servers_local_backend_chooses_its_threads_per_request() -> None:
+    # no thread count fixed at start-up: LocalBackend asks the free cores before each request
+    # (tests/lsp/test_backends.py runs that)
     backend = default_backend_factory(Settings(backend="local"))
-    assert isinstance(backend, LocalBackend) and backend.threads == MAX_THREADS
-    monkeypatch.setattr("codeassist.lsp.server.free_cores", lambda: 1)
-    backend = default_backend_factory(Settings(backend="local"))
-    assert isinstance(backend, LocalBackend) and backend.threads == 1
+    assert isinstance(backend, LocalBackend) and backend.threads is None
 
 
 async def test_the_heap_is_trimmed_once_requests_pause(monkeypatch: Any) -> None:

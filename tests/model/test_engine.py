@@ -132,6 +132,28 @@ def test_time_budget_stops_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     assert res.stop_reason == "time" and len(res.tokens) == 6
 
 
+def test_time_budget_starts_after_the_prefill(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow (cold) prefill does not use up the budget of the suggestion it was paid for."""
+    clock = FakeClock()
+    monkeypatch.setattr(engine_module, "time", clock)
+    engine = Engine(make_tiny(), torch.device("cpu"))
+    step, prefill = engine.decode_one_token, engine.prefill
+
+    def one_second_step(token: int, pos: int) -> torch.Tensor:
+        clock.now += 1.0
+        return step(token, pos)
+
+    def ten_second_prefill(ids: list[int], start_pos: int) -> torch.Tensor:
+        clock.now += 10.0
+        return prefill(ids, start_pos)
+
+    engine.decode_one_token = one_second_step  # type: ignore[method-assign]
+    engine.prefill = ten_second_prefill  # type: ignore[method-assign]
+    res = engine.generate(GenerationRequest(prompt=PROMPT, stop=StopRules(
+        max_new_tokens=200, stop_on_eos=False, time_budget_s=4.5)))
+    assert res.stop_reason == "time" and len(res.tokens) == 6  # as without the prefill's 10 s
+
+
 def test_forced_prefix_is_spelled_out_first() -> None:
     engine = Engine(make_tiny(), torch.device("cpu"))
     res = engine.generate(request(n=8, forced_prefix=b" mul_resul"))
