@@ -38,6 +38,7 @@ from codeassist.model import engine_steps as steps
 from codeassist.model.checkpoint import ModelFileError, ModelInfo, load_model
 from codeassist.model.chooser import TokenChooser, mask_banned
 from codeassist.model.decoding import CopyParams, GenerationRequest, GenerationResult, choose_copy, emit
+from codeassist.model.hf_tokenizer import HFTokenizer
 from codeassist.model.speculative import (
     Drafter,
     DraftModel,
@@ -50,7 +51,6 @@ from codeassist.model.stops import StopRules
 from codeassist.model.store import resolve_model
 from codeassist.model.textstream import TextStream
 from codeassist.model.tokenization import (
-    HFTokenizer,
     Tokenizer,
     TokenizerFileError,
     codeassist_tokenizer,

@@ -163,7 +163,8 @@ def _check_family(family: str, path: Path) -> None:
 
 
 def _folder_tokenizer_meta(folder: Path) -> dict[str, str]:
-    from codeassist.model.tokenization import HFTokenizer, TokenizerFileError
+    from codeassist.model.hf_tokenizer import HFTokenizer
+    from codeassist.model.tokenization import TokenizerFileError
 
     try:
         return HFTokenizer.from_folder(folder).to_metadata()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from codeassist.model.tokenization import byte_to_unicode
+from codeassist.model.hf_tokenizer import byte_to_unicode
 from codeassist.model.tokenizer import (
     EOT,
     EOT_ID,

@@ -103,7 +103,8 @@ def _folder_tokenizer(path: Path, family: str) -> dict[str, str] | None:
     """The tokenizer.json of a Hugging Face folder, as model file metadata (gpt2 folders use ours)."""
     if family == "gpt2":
         return None
-    from codeassist.model.tokenization import HFTokenizer, TokenizerFileError
+    from codeassist.model.hf_tokenizer import HFTokenizer
+    from codeassist.model.tokenization import TokenizerFileError
 
     try:
         return HFTokenizer.from_folder(path).to_metadata()

@@ -62,7 +62,8 @@ class GateResult:
 def model_tokenizer(model_path: Path) -> Tokenizer:
     """The tokenizer of a model file or Hugging Face folder, without loading its weights."""
     from codeassist.model.checkpoint import read_info
-    from codeassist.model.tokenization import HFTokenizer, codeassist_tokenizer, tokenizer_from_metadata
+    from codeassist.model.hf_tokenizer import HFTokenizer
+    from codeassist.model.tokenization import codeassist_tokenizer, tokenizer_from_metadata
 
     path = Path(model_path)
     if path.is_dir():

@@ -19,7 +19,7 @@ from codeassist.model.checkpoint import save_model
 from codeassist.model.export import export_model
 from codeassist.model.export_llama import TokenizerExportError, permute_rope
 from codeassist.model.families import load_pretrained
-from codeassist.model.tokenization import HFTokenizer
+from codeassist.model.hf_tokenizer import HFTokenizer
 from tests.model.family_models import save_hf
 
 QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"

@@ -234,7 +234,7 @@ def test_the_engine_loads_an_hf_model_downloaded_from_the_hub(home: Path, online
     """`--model hf:` everywhere --model is taken: Engine.load downloads a tiny Qwen2 (its tokenizer
     files included) and answers as the same folder loaded by path."""
     from codeassist.model.engine import Engine, GenerationRequest, StopRules
-    from codeassist.model.tokenization import HFTokenizer
+    from codeassist.model.hf_tokenizer import HFTokenizer
     from tests.model.test_tokenization import build_folder, save_tiny_qwen2
 
     folder = build_folder(tmp_path / "tiny-qwen", "qwen")

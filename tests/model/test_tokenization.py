@@ -28,8 +28,8 @@ from codeassist.model.engine import Engine, GenerationRequest, StopRules
 from codeassist.model.fim_templates import TEMPLATES
 from codeassist.model.gpt import GPT
 from codeassist.model.healing import PrefixConstraint, allowed_tokens
+from codeassist.model.hf_tokenizer import HFTokenizer
 from codeassist.model.tokenization import (
-    HFTokenizer,
     Tokenizer,
     TokenizerFileError,
     codeassist_tokenizer,
