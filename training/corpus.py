@@ -9,8 +9,9 @@ training and evaluations on them stay honest.
 A package is kept only when its metadata (`License-Expression`, else its `License ::`
 classifiers, else `License`) names MIT, BSD, Apache-2.0, PSF or ISC. From a kept package the .py
 files are read, vendored copies of other packages skipped, and each file is filtered and
-redacted by the code `codeassist train` uses (collect.content_rule, redaction.redact); then the
-whole corpus, standard library first, is deduplicated exactly and nearly (dedup.deduplicate).
+redacted by the code `codeassist train` uses (collect.content_rule, redaction.redact); that is
+corpus_sources.py, one package or the standard library at a time. Here the whole corpus,
+standard library first, is deduplicated exactly and nearly (dedup.deduplicate).
 Held-out files are chosen by a hash of their path ("<package>/<path>"; the standard library
 keeps stdlib.py's split, the one gate_default evaluates on). Shards are written by
 shards.write_split; manifest.json records each package and a `corpus_id`, the sha256 of the
@@ -20,44 +21,32 @@ rest of the manifest.
 from __future__ import annotations
 
 import argparse
-import email.parser
 import hashlib
 import json
 import logging
-import re
 import shutil
 import subprocess
 import sys
-import tarfile
-import zipfile
 from collections import Counter
-from dataclasses import dataclass, field
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
-from codeassist.training.collect import MAX_BYTES, content_rule
+from codeassist.training.corpus_sources import (
+    PackageSource,
+    Pin,
+    fetch_archive,
+    find_archive,
+    normalize,
+    read_package,
+    stdlib_sources,
+)
+from codeassist.training.corpus_sources import archive_pin as archive_pin  # re-export: bench_finetune.py
 from codeassist.training.dedup import deduplicate
 from codeassist.training.fim import FIM_RATE
-from codeassist.training.redaction import is_secret_filename, redact
 from codeassist.training.shards import MANIFEST, Document, is_validation, write_manifest, write_split
-from codeassist.training.stdlib import VAL_FRACTION, split_documents, stdlib_documents, stdlib_root
+from codeassist.training.stdlib import VAL_FRACTION, split_documents, stdlib_root
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Pin:
-    name: str
-    version: str
-
-    @property
-    def key(self) -> str:  # PEP 503 normalized name
-        return normalize(self.name)
-
-
-def normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 # The issue's list, pinned to the newest release PyPI offered on 2026-12-01.
@@ -73,165 +62,8 @@ PACKAGES: tuple[Pin, ...] = tuple(Pin(n, v) for n, v in (
     ("scipy", "1.17.1"), ("sympy", "1.14.0"), ("statsmodels", "0.15.0"), ("jsonschema", "4.26.0"),
     ("boto3", "1.44.8"), ("rich", "15.0.0"), ("typer", "0.29.2"), ("cryptography", "50.0.2"), ("pyasn1", "0.6.5"),
 ))
-ALLOWED_LICENCES = ("MIT", "BSD", "Apache-2.0", "PSF", "ISC")
-VENDORED_DIRS = frozenset({"_vendor", "vendored", "externals", "_vendored"})
 STDLIB = "stdlib"  # the standard library's name in the manifest
 
-# licence names (SPDX ids, classifier names, free text) -> the family on the list
-_LICENCE_FAMILIES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(rx, re.IGNORECASE), fam) for rx, fam in (
-    (r"mit( license)?", "MIT"),
-    (r"0bsd|bsd|bsd[- ]\d[- ]clause( \w+)*( license)?|(new |modified |simplified |revised )?bsd( license)?", "BSD"),
-    (r"apache([- ]2(\.0)?| software license| license,? (version )?2(\.0)?)", "Apache-2.0"),
-    (r"psf(-2\.0)?|python-2\.0|python software foundation license", "PSF"),
-    (r"isc( license)?( \(iscl\))?", "ISC"),
-))
-
-
-def licence_family(name: str) -> str | None:
-    """The allowed family ("MIT", "BSD", ...) that this one licence name denotes, or None."""
-    name = re.sub(r"\s+", " ", name.strip().rstrip("."))
-    return next((fam for rx, fam in _LICENCE_FAMILIES if rx.fullmatch(name)), None)
-
-
-def _expression_allows(expr: str) -> bool:
-    """An SPDX expression: allowed when one OR-alternative has only allowed AND-terms."""
-    flat = re.sub(r"[()]", " ", expr)
-    return any(all(licence_family(re.split(r"\s+WITH\s+", term)[0]) for term in re.split(r"\s+AND\s+", alt))
-               for alt in re.split(r"\s+OR\s+", flat))
-
-
-def licence_of(meta: Message) -> tuple[str, bool]:
-    """(licence as the metadata states it, whether it is on the list)."""
-    expr = meta.get("License-Expression")
-    if expr and expr.strip():
-        return expr.strip(), _expression_allows(expr)
-    classifiers = [c.split("::")[-1].strip() for c in meta.get_all("Classifier") or []
-                   if c.startswith("License ::") and c.count("::") >= 2]
-    if classifiers:  # several classifiers: each must be allowed (they may be parts, not choices)
-        return " / ".join(classifiers), all(licence_family(c) for c in classifiers)
-    text = (meta.get("License") or "").strip()
-    first = text.splitlines()[0].strip() if text else ""
-    if not first or first.upper() == "UNKNOWN":
-        return "unknown", False
-    first = first[:80]
-    return first, licence_family(re.sub(r"\s+license$", "", first, flags=re.IGNORECASE)) is not None \
-        or licence_family(first) is not None
-
-
-# ---- archives ---------------------------------------------------------------------------------
-
-def archive_pin(filename: str) -> tuple[str, str] | None:
-    """(normalized name, version) of a wheel or sdist file name, or None for anything else."""
-    if filename.endswith(".whl"):
-        parts = filename[:-4].split("-")
-        return (normalize(parts[0]), parts[1]) if len(parts) >= 5 else None
-    for ext in (".tar.gz", ".zip"):
-        if filename.endswith(ext):
-            stem = filename[: -len(ext)]
-            if "-" in stem:
-                name, version = stem.rsplit("-", 1)
-                return normalize(name), version
-    return None
-
-
-def find_archive(archives: Path, pin: Pin) -> Path | None:
-    """The pinned archive in `archives`: a wheel if there is one, else the sdist."""
-    found = sorted(p for p in archives.glob("*") if archive_pin(p.name) == (pin.key, pin.version))
-    wheels = [p for p in found if p.suffix == ".whl"]
-    return (wheels or found)[0] if found else None
-
-
-def fetch_archive(archives: Path, pin: Pin) -> Path:
-    """Download the pinned wheel (or, when the release has none, its sdist) into `archives`."""
-    archives.mkdir(parents=True, exist_ok=True)
-    base = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(archives),
-            f"{pin.name}=={pin.version}"]
-    if subprocess.run([*base, "--only-binary", ":all:"], check=False).returncode != 0:
-        subprocess.run([*base, "--no-binary", ":all:"], check=True)
-    path = find_archive(archives, pin)
-    if path is None:
-        raise FileNotFoundError(f"pip downloaded no archive for {pin.name} {pin.version}")
-    return path
-
-
-def _members(archive: Path) -> list[tuple[str, bytes | None]]:
-    """(name, bytes or None for a file too large) of the regular files in a wheel or sdist."""
-    out: list[tuple[str, bytes | None]] = []
-    if archive.suffix in (".whl", ".zip"):
-        with zipfile.ZipFile(archive) as z:
-            for info in z.infolist():
-                if not info.is_dir():
-                    out.append((info.filename, z.read(info) if info.file_size <= MAX_BYTES else None))
-    else:
-        with tarfile.open(archive) as t:
-            for m in t.getmembers():
-                f = t.extractfile(m) if m.isreg() else None
-                if f is not None:
-                    out.append((m.name, f.read() if m.size <= MAX_BYTES else None))
-    return out
-
-
-def read_metadata(archive: Path) -> Message:
-    """The core metadata: a wheel's *.dist-info/METADATA, an sdist's top-level PKG-INFO."""
-    for name, data in _members(archive):
-        parts = name.split("/")
-        if data is not None and ((len(parts) == 2 and parts[0].endswith(".dist-info") and parts[1] == "METADATA")
-                                 or (archive.suffix != ".whl" and len(parts) == 2 and parts[1] == "PKG-INFO")):
-            return email.parser.Parser().parsestr(data.decode("utf-8", errors="replace"))
-    return Message()
-
-
-def is_vendored(path: str) -> bool:
-    return any(part in VENDORED_DIRS for part in path.split("/")[:-1])
-
-
-def clean_source(data: bytes | None) -> tuple[str | None, str]:
-    """(rule that drops the file, or None; the redacted text): the filters `codeassist train` uses."""
-    if data is None or len(data) > MAX_BYTES:
-        return "oversized", ""
-    rule = content_rule(data)
-    if rule is not None:
-        return rule, ""
-    text, _ = redact(data.decode("utf-8"))
-    return None, text
-
-
-@dataclass
-class PackageSource:
-    pin: Pin
-    archive: Path
-    licence: str
-    allowed: bool
-    documents: list[Document] = field(default_factory=list)  # paths "<name>/<path>"
-    dropped: Counter[str] = field(default_factory=Counter)
-
-
-def read_package(pin: Pin, archive: Path) -> PackageSource:
-    """The package's licence and, when it is allowed, its cleaned .py files in path order."""
-    licence, allowed = licence_of(read_metadata(archive))
-    src = PackageSource(pin, archive, licence, allowed)
-    if not allowed:
-        return src
-    sdist = archive.suffix != ".whl"
-    for name, data in sorted(_members(archive), key=lambda m: m[0]):
-        rel = name.split("/", 1)[1] if sdist and "/" in name else name  # an sdist's top folder
-        if not rel.endswith(".py"):
-            continue
-        if is_vendored(rel):
-            src.dropped["vendored"] += 1
-            continue
-        if is_secret_filename(rel):
-            src.dropped["secret file"] += 1
-            continue
-        rule, text = clean_source(data)
-        if rule is not None:
-            src.dropped[rule] += 1
-            continue
-        src.documents.append(Document(path=f"{pin.key}/{rel}", text=text))
-    return src
-
-
-# ---- the build --------------------------------------------------------------------------------
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
@@ -239,18 +71,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def stdlib_sources(root: Path) -> tuple[list[Document], Counter[str]]:
-    """The standard library's files (stdlib.py's paths, so its held-out split is kept), cleaned."""
-    docs, dropped = [], Counter[str]()
-    for d in stdlib_documents(root):
-        rule, text = clean_source(d.text.encode("utf-8"))
-        if rule is not None:
-            dropped[rule] += 1
-        else:
-            docs.append(Document(path=d.path, text=text))
-    return docs, dropped
 
 
 def _concat(parts: list[Path], out: Path) -> str:

@@ -13,7 +13,8 @@ from codeassist.cli.main import main
 from codeassist.model.checkpoint import read_info
 from codeassist.model.store import named_model_path
 from codeassist.training.cli import parse_duration
-from codeassist.training.finetune import FinetuneOptions, install_model, run_dir, run_finetune
+from codeassist.training.finetune import install_model, run_dir, run_finetune
+from codeassist.training.finetune_setup import FinetuneOptions
 
 from .fixtures import SECRET_CODE, code_file, init_repo, write
 
@@ -65,7 +66,7 @@ def test_train_collects_trains_gates_installs_and_rolls_back(tmp_path: Path, tin
 def test_a_small_project_ends_after_max_epochs_before_the_time_budget(tmp_path: Path, tiny_model_file: Path,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     from codeassist.training.dataset import read_dataset
-    from codeassist.training.finetune import epoch_iters
+    from codeassist.training.finetune_setup import epoch_iters
 
     repo = _repo(tmp_path, n=3)
     rc = main(["train", str(repo), "--init-from", str(tiny_model_file), "--time-budget", "1h", "--max-epochs",
@@ -113,7 +114,7 @@ def test_resume_against_changed_repositories_is_refused(tmp_path: Path, tiny_mod
 def test_init_from_a_quantized_model_dequantizes_it(tmp_path: Path) -> None:
     from codeassist.model.config import get_preset
     from codeassist.quantization.quantize import quantize
-    from codeassist.training.finetune import load_init_model
+    from codeassist.training.finetune_setup import load_init_model
     from codeassist.training.loop import build_model
 
     base = build_model(get_preset("tiny"), seed=0)
@@ -128,7 +129,7 @@ def test_init_from_a_quantized_model_dequantizes_it(tmp_path: Path) -> None:
 
 def test_default_batch_fits_the_processes_and_learning_rate_scales_with_width() -> None:
     from codeassist.model.config import get_preset
-    from codeassist.training.finetune import TrainError, _train_config, default_lr
+    from codeassist.training.finetune_setup import TrainError, _train_config, default_lr
     from codeassist.training.loop import build_model
 
     model = build_model(get_preset("tiny"), seed=0)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from codeassist.training import corpus
-from codeassist.training.corpus import Pin, build_corpus, licence_of, read_package
+from codeassist.training.corpus import build_corpus
+from codeassist.training.corpus_sources import Pin, licence_of, read_package
 from codeassist.training.shards import MANIFEST
 from tests.training.fixtures import AWS_KEY_ID, AWS_SECRET, GITHUB_TOKEN, SECRET_CODE
 
