@@ -2,9 +2,9 @@
 
 AdamW with decoupled weight decay on matrices only, linear warmup then cosine decay,
 gradient accumulation, gradient clipping, bf16 autocast on CPU and CUDA when asked,
-periodic evaluation on held-out files, and atomic checkpoints. Batch k is drawn from a
-generator seeded by (seed, k), so the data position after a resume is exact by construction;
-with dropout, each micro-batch's masks are seeded the same way, so they are too.
+periodic evaluation on held-out files, and atomic checkpoints. A step's batches, replay rows,
+dropout masks and learning rate are functions of (seed, step, micro-batch) alone
+(training/batches.py), so the data position after a resume is exact by construction.
 
 Two levers against a small project's memorisation (issue 20), both off by default:
 - replay: a fixed share of each step's sequences is general code (a replay shard), read in order
@@ -39,9 +39,22 @@ from codeassist.model.config import ModelConfig
 from codeassist.model.errors import UserFacingError
 from codeassist.model.gpt import GPT
 from codeassist.training import fsdp
+from codeassist.training.batches import (
+    batch_generator,
+    dropout_seed,
+    get_batch,
+    lr_at,
+    micro_batch,
+    replay_rows,
+)
 from codeassist.training.ddp import DistEnv, all_reduce_sum
 from codeassist.training.lora import save_merged
 from codeassist.training.state import TrainState, load_train_state, save_train_state, write_train_state
+
+# with the batch helpers (batches.py): tests and benchmarks/bench_train.py import them from here
+__all__ = ["BEST", "NonFiniteLossError", "ProgressFn", "TrainConfig", "batch_generator", "build_model",
+           "dist_sum", "dropout_seed", "evaluate", "get_batch", "keep_last_checkpoints", "lr_at",
+           "make_optimizer", "micro_batch", "remove_partial_saves", "replay_rows", "restore_best", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -71,70 +84,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def lr_at(it: int, cfg: TrainConfig, max_iters: int, time_fraction: float | None = None) -> float:
-    """Warmup, then cosine decay to min_lr over the steps; with a time budget as well, over the
-    budget or the steps, whichever is further along (the run ends at the first of the two)."""
-    if it < cfg.warmup_iters:
-        return cfg.lr * (it + 1) / cfg.warmup_iters
-    ratio = min(1.0, (it - cfg.warmup_iters) / max(1, max_iters - cfg.warmup_iters))
-    if time_fraction is not None:
-        ratio = max(ratio, min(1.0, time_fraction))
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
-
-
-def get_batch(data: np.ndarray, batch_size: int, seq_len: int, gen: torch.Generator
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    hi = len(data) - seq_len - 1
-    if hi <= 0:
-        raise ValueError(f"the data has {len(data)} tokens, fewer than one sequence of {seq_len + 1}")
-    starts = torch.randint(hi, (batch_size,), generator=gen).tolist()
-    x = torch.from_numpy(np.stack([data[s:s + seq_len].astype(np.int64) for s in starts]))
-    y = torch.from_numpy(np.stack([data[s + 1:s + 1 + seq_len].astype(np.int64) for s in starts]))
-    return x, y
-
-
-def replay_rows(step: int, seqs_per_step: int, ratio: float) -> int:
-    """How many of step `step`'s sequences are replay: over any run, round(ratio x sequences) so far."""
-    def upto(k: int) -> int:
-        return math.floor(round(k * seqs_per_step * ratio, 9))
-
-    return upto(step + 1) - upto(step)
-
-
-def micro_batch(train_data: np.ndarray, replay_data: np.ndarray | None, cfg: TrainConfig, step: int,
-                micro: int, replay_seen: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Micro-batch `micro` (global index) of step `step`. The project's sequences are drawn as
-    without replay; the step's first replay_rows() sequences are then replaced, in order, by
-    consecutive windows of the replay shard starting at window `replay_seen`."""
-    x, y = get_batch(train_data, cfg.batch_size, cfg.seq_len, batch_generator(cfg.seed, step, micro))
-    if replay_data is None or cfg.replay_ratio <= 0:
-        return x, y
-    n_replay = replay_rows(step, cfg.batch_size * cfg.grad_accum, cfg.replay_ratio)
-    windows = (len(replay_data) - 1) // cfg.seq_len
-    if windows < 1:
-        raise ValueError(f"the replay data has {len(replay_data)} tokens, fewer than one sequence of "
-                         f"{cfg.seq_len + 1}")
-    for i in range(cfg.batch_size):
-        q = micro * cfg.batch_size + i  # the sequence's index within the step
-        if q >= n_replay:
-            break
-        s = (replay_seen + q) % windows * cfg.seq_len
-        x[i] = torch.from_numpy(replay_data[s:s + cfg.seq_len].astype(np.int64))
-        y[i] = torch.from_numpy(replay_data[s + 1:s + 1 + cfg.seq_len].astype(np.int64))
-    return x, y
-
-
-def batch_generator(seed: int, step: int, micro: int, rank: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 64 + micro) * 1024 + rank)
-
-
-def dropout_seed(seed: int, step: int, micro: int) -> int:
-    """The seed of micro-batch `micro`'s dropout masks at `step`: fixed by the run's seed, so a run
-    is reproducible and a resumed run (in a new process, whose generator starts anywhere) draws the
-    masks the uninterrupted one drew. Distinct from the batch generators' seeds (they end in a rank)."""
-    return ((seed * 1_000_003 + step) * 64 + micro) * 1024 + 1023
 
 
 def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
