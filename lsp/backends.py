@@ -307,7 +307,7 @@ class RemoteBackend:
             text = await client.complete(
                 prompt.text_prefix, prompt.suffix, max_tokens=request.max_tokens,
                 temperature=request.temperature, stop=list(request.stop.strings), healed=prompt.forced,
-                repo=request.repo, context=prompt.context)
+                repo=request.repo, context=prompt.context, dedent_line_prefix=request.stop.dedent_line_prefix)
         except RemoteError as exc:
             self._last_error = str(exc)
             if self.fallback is not None:

@@ -5,7 +5,8 @@ sends what its prompt builder made (model/prompting.py): the context (other file
 the prefix as one text, and the healed part at its end.
 - "codeassist": our server's /v1/completions, asking it to fit the prompt to its context
   (`truncate_prompt_tokens: -1`, so an editor's window never earns a 400), with the healed text
-  in `healed_prefix` (our extension), so the server heals exactly where the editor did;
+  in `healed_prefix` (our extension), so the server heals exactly where the editor did, and in
+  BLOCK mode the dedent stop in `dedent_line_prefix` (ours too), so the block ends as it is decoded;
 - "openai": any OpenAI-compatible /v1/completions (vLLM, TGI, llama.cpp's server). With a FIM
   template (`remote.template`, model/fim_templates.py) the prompt is the family's raw FIM text and
   no `suffix` field is sent (vLLM and TGI refuse it); with template "none" the suffix goes in the
@@ -115,12 +116,13 @@ class RemoteClient:
 
     async def complete(self, prefix: str, suffix: str, *, max_tokens: int, temperature: float,
                        stop: list[str], healed: str | None = None, repo: RepoContext | None = None,
-                       context: str = "") -> str:
+                       context: str = "", dedent_line_prefix: str | None = None) -> str:
         """The text after `prefix` (the cursor). `healed`: the end of `prefix` that the prompt
         builder healed ("" for none), for our server to honour; None lets the server heal.
         `repo`: other files of the repository; a raw template with a repository layout (Qwen's)
         sends them in it, before the FIM prompt, instead of `context` (the same files as comments,
-        which `prefix` begins with)."""
+        which `prefix` begins with). `dedent_line_prefix`: BLOCK mode's dedent stop, which our server
+        applies as it decodes (other servers are not sent it; post-processing applies it after)."""
         wait_s = self._retry_at - self._clock()
         if wait_s > 0:
             raise RemoteError(f"{self._busy}; next try in {math.ceil(wait_s)} s")
@@ -130,7 +132,7 @@ class RemoteClient:
         if repo is not None and repo.files and self.template is not None and self.template.repo_name:
             layout = self.template.repo_context(repo.name, repo.files) + self.template.current_file(repo.path)
             prefix = prefix[len(context):] if context and prefix.startswith(context) else prefix
-        fields = (prefix, suffix, max_tokens, temperature, healed, layout)
+        fields = (prefix, suffix, max_tokens, temperature, healed, layout, dedent_line_prefix)
         response = await self._post(*fields, stops, deadline)
         if self._max_stops is None and len(stops) > LIMITED_STOPS and _refuses_stops(response):
             self._max_stops = LIMITED_STOPS  # this server's limit; the rest are applied here
@@ -143,9 +145,9 @@ class RemoteClient:
         await self._http.aclose()
 
     async def _post(self, prefix: str, suffix: str, max_tokens: int, temperature: float, healed: str | None,
-                    layout: str, stops: list[str], deadline: float) -> httpx.Response:
+                    layout: str, dedent: str | None, stops: list[str], deadline: float) -> httpx.Response:
         sent = stops[:self._max_stops] if self._max_stops is not None else stops
-        path, body = self._request(prefix, suffix, max_tokens, temperature, sent, healed, layout)
+        path, body = self._request(prefix, suffix, max_tokens, temperature, sent, healed, layout, dedent)
         try:
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
                 return await self._http.post(path, json=body)
@@ -157,7 +159,8 @@ class RemoteClient:
                               f"({type(exc).__name__})") from None
 
     def _request(self, prefix: str, suffix: str, max_tokens: int, temperature: float,
-                 stop: list[str], healed: str | None = None, layout: str = "") -> tuple[str, dict[str, Any]]:
+                 stop: list[str], healed: str | None = None, layout: str = "",
+                 dedent: str | None = None) -> tuple[str, dict[str, Any]]:
         s = self.settings
         if s.api == "llamacpp":
             return "/infill", {"input_prefix": prefix, "input_suffix": suffix, "n_predict": max_tokens,
@@ -181,8 +184,10 @@ class RemoteClient:
             fields["model"] = s.model
         if ours:
             fields["truncate_prompt_tokens"] = -1
-        if ours and healed is not None:  # our extension: other servers are never sent it
+        if ours and healed is not None:  # our extensions: other servers are never sent them
             fields["healed_prefix"] = healed
+        if ours and dedent is not None:
+            fields["dedent_line_prefix"] = dedent
         # the wire contract's model (remote/schema.py) checks the body; only the fields set are sent
         body = CompletionRequest(**fields).model_dump(exclude_unset=True)
         return "/v1/completions", body

@@ -13,6 +13,7 @@ import torch
 
 from codeassist.model.chooser import TokenChooser
 from codeassist.model.sampling import SamplingParams
+from codeassist.model.stops import StopRules
 from codeassist.model.textstream import TextStream
 from codeassist.model.tokenization import Tokenizer, resolve
 from codeassist.remote.schema import FinishReason
@@ -28,6 +29,7 @@ class Job:
     stop_on_eos: bool = True
     seed: int | None = None
     deadline: float | None = None  # time.monotonic() by which the sequence must end
+    dedent_line_prefix: str | None = None  # BLOCK mode's dedent stop (model/stops.py StopRules)
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,8 @@ class SeqState:
         self.handle = handle
         self.index = index
         tk = resolve(tokenizer)
-        self.text = TextStream(job.forced_prefix, job.stop, tk)
+        self.text = TextStream(job.forced_prefix, StopRules(stop_strings=job.stop,
+                                                            dedent_line_prefix=job.dedent_line_prefix), tk)
         self.chooser = TokenChooser(tk, job.sampling, job.forced_prefix, job.seed, device, job.stop_on_eos)
         self.generated = 0
         self.reason: str | None = None

@@ -43,6 +43,7 @@ class Ask:
     stop_on_eos: bool = True
     truncate: int | None = None  # None: refuse an over-long prompt; -1: fit the context; k: keep k
     heal: bool | str = True  # True: heal here; a string: the end of prefix the client healed (healed_prefix)
+    dedent_line_prefix: str | None = None  # BLOCK mode's dedent stop (model/stops.py StopRules)
 
 
 @dataclass
@@ -74,6 +75,7 @@ def plan_jobs(ask: Ask, block_size: int, max_tokens_limit: int, deadline: float,
         prompt = build_prompt(ask.prefix, ask.suffix, budget, ask.heal, tokenizer)
     return [Job(prompt=prompt.ids, max_new_tokens=ask.max_tokens, sampling=ask.sampling,
                 forced_prefix=prompt.forced_prefix, stop=ask.stop, stop_on_eos=ask.stop_on_eos,
+                dedent_line_prefix=ask.dedent_line_prefix,
                 seed=None if ask.seed is None else ask.seed + i, deadline=deadline)
             for i in range(ask.n)]
 

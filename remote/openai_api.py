@@ -71,7 +71,8 @@ def to_ask(body: CompletionRequest, state: ServerState) -> Ask:
     return Ask(prefix=prompt, suffix=body.suffix or "", max_tokens=body.max_tokens,
                sampling=SamplingParams(temperature=body.temperature, top_p=body.top_p), stop=tuple(stops),
                n=body.n, seed=body.seed, stop_on_eos=not body.ignore_eos, truncate=body.truncate_prompt_tokens,
-               heal=True if body.healed_prefix is None else body.healed_prefix)
+               heal=True if body.healed_prefix is None else body.healed_prefix,
+               dedent_line_prefix=body.dedent_line_prefix)
 
 
 @router.post("/completions", response_model=None)

@@ -5,9 +5,10 @@ Two APIs:
 - the seed's: POST /complete {code, max_tokens, temperature, top_k, suffix?} → {completion, full_code};
 - OpenAI's legacy completions: POST /v1/completions, GET /v1/models, with two of vLLM's
   extensions that editors need: `truncate_prompt_tokens` (-1 = keep the text nearest the
-  cursor that fits the context) and `ignore_eos`; and one of ours, `healed_prefix` (the text at
-  the end of the prompt that the language server's prompt builder healed), which other
-  OpenAI-compatible servers ignore as an unknown field.
+  cursor that fits the context) and `ignore_eos`; and two of ours, which other OpenAI-compatible
+  servers ignore as unknown fields (our client sends them to our server only): `healed_prefix`
+  (the text at the end of the prompt that the language server's prompt builder healed) and
+  `dedent_line_prefix` (BLOCK mode's dedent stop, so a block ends as it is decoded).
 Errors have OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 """
 
@@ -81,6 +82,9 @@ class CompletionRequest(BaseModel):
     # our extension: the end of `prompt` that the client's token healing took off (it is still in
     # `prompt`); the server backs the prompt off by it and the completion must begin with it
     healed_prefix: str | None = None
+    # our extension: BLOCK mode's dedent stop (model/stops.py), the cursor's line before the cursor;
+    # the completion ends at a line indented less than the block it starts in, as it is decoded
+    dedent_line_prefix: str | None = Field(None, max_length=4096)
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

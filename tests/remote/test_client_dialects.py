@@ -143,6 +143,22 @@ async def test_codeassist_dialect(fake) -> None:  # type: ignore[no-untyped-def]
     assert_headers(seen, "k-1")
 
 
+@pytest.mark.parametrize("api", ["codeassist", "openai"])
+async def test_block_modes_dedent_stop_goes_to_our_server_only(fake, api: str) -> None:  # type: ignore[no-untyped-def]
+    server = fake(openai_answer("3.14 * r * r"))
+    client = RemoteClient(RemoteSettings(url=server.url, api=api, template="none"))
+    try:
+        await client.complete(PREFIX, SUFFIX, max_tokens=16, temperature=0.0, stop=BLOCK_STOPS,
+                              healed="", dedent_line_prefix="    return ")
+    finally:
+        await client.aclose()
+    (seen,) = server.seen
+    if api == "codeassist":  # our extensions: the server stops at the dedent as it decodes
+        assert seen.body["dedent_line_prefix"] == "    return " and seen.body["healed_prefix"] == ""
+    else:  # other servers are never sent them (post-processing applies the dedent rule)
+        assert "dedent_line_prefix" not in seen.body and "healed_prefix" not in seen.body
+
+
 @pytest.mark.parametrize("template", sorted(CARDS))
 async def test_openai_dialect_with_a_template_sends_the_raw_fim_prompt_and_no_suffix_field(
         fake, template: str) -> None:  # type: ignore[no-untyped-def]

@@ -4,11 +4,15 @@ builder, healing included."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
+import torch
 
 from codeassist.lsp.backends import Backend, FakeBackend, RemoteBackend
 from codeassist.lsp.context import Snippet, build_context
@@ -17,8 +21,12 @@ from codeassist.lsp.settings import Settings
 from codeassist.model.completion import complete
 from codeassist.model.engine import Engine, GenerationRequest
 from codeassist.model.prompting import build_prompt
+from codeassist.remote.events import Handle, SeqState
+from codeassist.remote.generation import plan_jobs
+from codeassist.remote.openai_api import to_ask
 from codeassist.remote.scheduler import Job
-from codeassist.remote.settings import RemoteSettings
+from codeassist.remote.schema import CompletionRequest
+from codeassist.remote.settings import RemoteSettings, ServerSettings
 from tests.remote.conftest import Live, tiny_engine
 
 DOC = "def total(values):\n    result = 0\n    for v in values:\n        result += v\n    retur\n\nprint(total([1, 2]))\n"
@@ -127,3 +135,21 @@ async def test_our_server_honours_the_healed_prefix_it_is_sent(serve: Callable[.
     want = [build_prompt(PREFIX, SUFFIX, 1 << 20, heal=h) for h in ("ur", "")]
     assert server == [(p.ids, p.forced_prefix) for p in want]
     assert [p.forced for p in want] == ["ur", ""]
+
+
+
+async def test_our_server_ends_a_block_at_the_dedent_it_is_sent_as_it_decodes() -> None:
+    """`dedent_line_prefix` (our extension) reaches the sequence's stop rules: the text stream of a
+    job planned from the request stops at the first line dedented below the block."""
+    state = SimpleNamespace(settings=ServerSettings(), model_name="tiny")
+    tk = tiny_engine().tokenizer
+    out = "x = 1\n    y = 2\nprint(x)\n"
+    for dedent, want in (("    ", "x = 1\n    y = 2"), (None, out)):
+        body = CompletionRequest(prompt="def f():\n    ", max_tokens=32, dedent_line_prefix=dedent)
+        (job,) = plan_jobs(to_ask(body, state), 256, 64, 1e18, tk)  # type: ignore[arg-type]
+        seq = SeqState(job, Handle(asyncio.get_running_loop(), threading.Condition()), 0, torch.device("cpu"), tk)
+        for token in tk.encode(job.forced_prefix.decode() + out):  # the healed text comes first
+            seq.text.push(token)
+        seq.text.finish()
+        assert seq.text.stopped == (dedent is not None)
+        assert seq.text.text == want
