@@ -19,19 +19,12 @@ import functools
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from codeassist.model import tokenizer as ours
 from codeassist.model.errors import UserFacingError
-from codeassist.model.exports import lazy_exports
 from codeassist.model.fim_templates import FimTemplate, get_template
 
-if TYPE_CHECKING:
-    # model/hf_tokenizer.py imports this module, so `HFTokenizer` is loaded from there on first use
-    # (model/exports.py); `from codeassist.model.tokenization import HFTokenizer` still works.
-    from codeassist.model.hf_tokenizer import HFTokenizer
-
-__all__ = ["HF_NAME", "CodeassistTokenizer", "HFTokenizer", "Tokenizer", "TokenizerFileError", "codeassist_tokenizer",
+__all__ = ["HF_NAME", "CodeassistTokenizer", "Tokenizer", "TokenizerFileError", "codeassist_tokenizer",
            "resolve", "tokenizer_from_metadata"]
 
 HF_NAME = "hf"  # the metadata name of a tokenizer.json tokenizer
@@ -220,6 +213,3 @@ def tokenizer_from_metadata(meta: Mapping[str, str]) -> Tokenizer:
         return HFTokenizer(meta["tokenizer_json"], extra if isinstance(extra, dict) else {})
     raise TokenizerFileError(f"the model file uses tokenizer {name!r}; this codeassist knows "
                              f"{ours.TOKENIZER_NAME!r} and {HF_NAME!r}")
-
-
-__getattr__ = lazy_exports(__name__, __file__)

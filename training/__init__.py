@@ -10,7 +10,8 @@ from codeassist.model.exports import lazy_exports
 
 if TYPE_CHECKING:
     from codeassist.training.collect import CollectResult
-    from codeassist.training.finetune import FinetuneOptions, TrainError, run_finetune
+    from codeassist.training.finetune import run_finetune
+    from codeassist.training.finetune_setup import FinetuneOptions, TrainError
     from codeassist.training.loop import TrainConfig, train
 
 # `collect` itself is codeassist.training.collect.collect (the name is its module's)

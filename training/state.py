@@ -2,7 +2,7 @@
 
 Tensors: `model.*` (weights), `opt.<i>.<name>` (AdamW moments and step per parameter, in
 parameter order) and `rng.torch` (the CPU generator; the loop seeds dropout per micro-batch, see
-`loop.dropout_seed`, so a resume does not depend on it). Metadata: the progress counters, loss
+`batches.dropout_seed`, so a resume does not depend on it). Metadata: the progress counters, loss
 history, and the train and model configs a resume must match.
 """
 

@@ -23,8 +23,8 @@ import torch
 from codeassist.model.completion import build_prompt, complete
 from codeassist.model.engine import Engine, GenerationRequest, GenerationResult, StopRules
 from codeassist.model.fim_templates import TEMPLATES
+from codeassist.model.hf_tokenizer import HFTokenizer
 from codeassist.model.speculative import SpeculationParams
-from codeassist.model.tokenization import HFTokenizer
 from tests.families_fixture import TinyFolder, build_folder, hf_decode
 from tests.integration.team_server import TeamServer
 

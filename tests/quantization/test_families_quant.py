@@ -136,7 +136,7 @@ def test_quantize_cli_on_a_hugging_face_folder_carries_its_tokenizer(tmp_path: P
     from codeassist.cli.main import main
     from codeassist.model.completion import complete
     from codeassist.model.engine import Engine
-    from codeassist.model.tokenization import HFTokenizer
+    from codeassist.model.hf_tokenizer import HFTokenizer
     from tests.model.test_tokenization import build_folder, save_tiny_qwen2
 
     folder = build_folder(tmp_path / "tiny-qwen", "qwen")

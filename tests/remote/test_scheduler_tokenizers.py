@@ -8,8 +8,8 @@ import time
 import pytest
 
 from codeassist.model.engine import GenerationRequest, StopRules
+from codeassist.model.hf_tokenizer import HFTokenizer
 from codeassist.model.sampling import SamplingParams
-from codeassist.model.tokenization import HFTokenizer
 from codeassist.remote.generation import Ask, plan_jobs
 from codeassist.remote.metrics import ServerMetrics
 from codeassist.remote.scheduler import Scheduler

@@ -1,5 +1,5 @@
 """The levers against memorising a small project: replay of general code and early stopping
-(training/loop.py), their data (training/dataset.py), and exact resume with both on."""
+(training/batches.py, training/loop.py), their data (training/dataset.py), and exact resume with both on."""
 
 from __future__ import annotations
 

@@ -21,8 +21,9 @@ from safetensors import safe_open
 
 from codeassist.cli.main import main
 from codeassist.model.checkpoint import load_model, read_info
+from codeassist.model.hf_tokenizer import HFTokenizer
 from codeassist.model.store import named_model_path
-from codeassist.model.tokenization import HFTokenizer, codeassist_tokenizer
+from codeassist.model.tokenization import codeassist_tokenizer
 from codeassist.model.tokenizer import EOT_ID, build_fim_ids, encode
 from codeassist.training import finetune
 from codeassist.training.dataset import read_dataset, read_val_files
