@@ -26,8 +26,7 @@ from typing import Any
 from codeassist.evaluation import harness
 from codeassist.evaluation.lines import RepoCase, choose_cases, cut_texts
 from codeassist.evaluation.report import Report, Sample, score
-from codeassist.training.collect import BINARY_PROBE, list_candidates
-from codeassist.training.redaction import is_secret_filename
+from codeassist.model.sources import BINARY_PROBE, is_secret_filename, list_candidates
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Built in a background thread when the server learns its workspace folders. It reads exactly
 the files the training collector would take (`git ls-files -co --exclude-standard` inside git;
 secret files by name are never opened; vendored, build, binary, minified and oversized files
-are skipped: one rule set, training/collect.py), tokenizes them, and keeps a `CopyIndex` of at
+are skipped: one rule set, model/sources.py), tokenizes them, and keeps a `CopyIndex` of at
 most MAX_TOKENS tokens (16 bytes each), so a monorepo costs a bounded time and memory.
 
 Three layers answer a lookup, so nothing is stale and nothing is counted twice:
@@ -32,6 +32,8 @@ import numpy as np
 
 from codeassist.lsp.context import Snippet
 from codeassist.model.copy import KEY, Candidate, CopyIndex, find_candidates, find_in_text
+from codeassist.model.sources import Candidate as Scoped
+from codeassist.model.sources import content_rule, list_candidates, scope_rule, stat_rule
 from codeassist.model.tokenization import Tokenizer, resolve
 
 log = logging.getLogger(__name__)
@@ -64,20 +66,15 @@ class IndexStats:
 
 def workspace_files(root: Path) -> Iterable[Path]:
     """The files in scope under `root`, by the training collector's rules (nothing is opened)."""
-    from codeassist.training.collect import Candidate as Scoped
-    from codeassist.training.collect import _scope_rule, _stat_rule, list_candidates
-
     root_real = os.path.realpath(root)
     for rel in list_candidates(root):
         c = Scoped(str(root), rel)
-        if _scope_rule(c, None) is None and _stat_rule(c, root_real)[0] is None:
+        if scope_rule(c, None) is None and stat_rule(c, root_real)[0] is None:
             yield Path(c.full)
 
 
 def read_source(path: Path) -> str | None:
     """The file's text, or None when the collector's content rules drop it (binary, minified...)."""
-    from codeassist.training.collect import content_rule
-
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)

@@ -2,7 +2,8 @@
 
 Two layers, as gitleaks and BigCode's PII pipeline do:
 - files whose name says they hold credentials (`.env`, `*.pem`, `id_rsa`, kubeconfig, ...) are
-  never opened: `is_secret_filename` decides from the name alone;
+  never opened: `is_secret_filename` decides from the name alone (model/sources.py, where the
+  rules of which files are source live: the language server and the eval skip them too);
 - in every other file, secrets and email addresses are replaced by placeholders before anything
   is tokenized: `redact(text)`.
 
@@ -15,36 +16,17 @@ that hex digests and UUIDs in code are kept) and email addresses.
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import math
 import re
 from collections import Counter
 from dataclasses import dataclass
 
-# Names (matched case-insensitively against the file's base name) that are never opened.
-SECRET_FILE_PATTERNS = (
-    ".env", ".env.*", "*.env", ".envrc",
-    "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore", "*.ppk", "*.asc", "*.gpg",
-    "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*",
-    ".netrc", "_netrc", ".npmrc", ".pypirc", ".git-credentials", ".htpasswd", ".pgpass", ".s3cfg",
-    "credentials", "credentials.*", "*.credentials", "*credentials.json", "*credentials.yaml",
-    "*credentials.yml", "service-account*.json", "*-sa-key.json",
-    "kubeconfig", "kubeconfig.*", "*.kubeconfig",
-    "*.tfstate", "*.tfstate.*", "*.tfvars",
-    "secrets.yaml", "secrets.yml", "secrets.json", "secrets.toml",
-)
-# Folders whose files are credentials however they are named (~/.ssh, ~/.aws, ~/.kube/config, ...)
-SECRET_DIRS = (".ssh", ".aws", ".gnupg", ".kube", ".docker")
+from codeassist.model.sources import SECRET_DIRS, SECRET_FILE_PATTERNS, is_secret_filename
 
-
-def is_secret_filename(relpath: str) -> bool:
-    """True for a path whose name (or folder) marks it as a credentials file."""
-    parts = relpath.replace("\\", "/").lower().split("/")
-    if any(p in SECRET_DIRS for p in parts[:-1]):
-        return True
-    name = parts[-1]
-    return any(fnmatch.fnmatchcase(name, pat) for pat in SECRET_FILE_PATTERNS)
+# with the secret file names of model/sources.py: tests and corpus_sources.py import them from here
+__all__ = ["ENTROPY_MIN", "PLACEHOLDERS", "SECRET_DIRS", "SECRET_FILE_PATTERNS", "Span", "find_secrets",
+           "is_high_entropy", "is_secret_filename", "redact", "shannon_entropy"]
 
 
 @dataclass(frozen=True)
