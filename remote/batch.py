@@ -149,6 +149,44 @@ class BatchState:
             c.k[dst, :, :length] = c.k[src, :, :length]
             c.v[dst, :, :length] = c.v[src, :, :length]
 
+    def prefill_cached(self, starts: list[tuple[tuple[torch.Tensor, torch.Tensor] | None, int, list[int]]]
+                       ) -> torch.Tensor:
+        """Add rows n..n+m-1, each from a cached prefix: (snapshot or None, its length L, the
+        tokens after it). The prefixes are copied in, then every row's tokens run in one
+        right-padded pass at positions L.., each row its own. Logits after each row's last token,
+        (m, vocab). Typing users' keystrokes arrive together, each a cached window plus a few new
+        tokens: one pass for all of them instead of one pass each."""
+        m = len(starts)
+        if self.pending is not None:
+            raise ValueError("a row is being prefilled piecewise")
+        if m == 0 or m > self.free:
+            raise ValueError(f"cannot prefill {m} prompts into {self.free} free rows")
+        T = max(len(tokens) for _, _, tokens in starts)
+        if min(len(tokens) for _, _, tokens in starts) < 1 or max(n for _, n, _ in starts) + T > self.block_size:
+            raise ValueError("a row has no tokens, or its padded tokens pass the end of the context")
+        first = self.active
+        for i, (prefix, length, _) in enumerate(starts):
+            if prefix is not None and length:
+                self._fill(first + i, prefix, length)
+        self._install([_RowView(c, first, m) for c in self.caches])
+        try:
+            # right-pad: a row's padding writes slots past its end, which its mask hides and its
+            # own decode steps overwrite before they can be seen (as in `prefill`)
+            x = torch.tensor([t + [0] * (T - len(t)) for _, _, t in starts], device=self.device)  # (m, T)
+            pos = torch.tensor([[n + j for j in range(T)] for _, n, _ in starts], device=self.device)  # (m, T)
+            kv_len = max(n for _, n, _ in starts) + T
+            logits = self.model.last_token_logits(x, pos, kv_len, [len(t) for _, _, t in starts]).float()
+        finally:
+            self._install(self.caches)
+        self.rows.extend(RowState(pos=n + len(t), token=-1) for _, n, t in starts)
+        return logits
+
+    def _fill(self, row: int, prefix: tuple[torch.Tensor, torch.Tensor], length: int) -> None:
+        k, v = prefix
+        for i, c in enumerate(self.caches):
+            c.k[row, :, :length] = k[i, :, :length]
+            c.v[row, :, :length] = v[i, :, :length]
+
     # -- piecewise prefill of one row ------------------------------------------------------------
 
     def snapshot(self, row: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,10 +202,7 @@ class BatchState:
             raise ValueError("no row for a piecewise prefill")
         row = self.active
         if prefix is not None and length:
-            k, v = prefix
-            for i, c in enumerate(self.caches):
-                c.k[row, :, :length] = k[i, :, :length]
-                c.v[row, :, :length] = v[i, :, :length]
+            self._fill(row, prefix, length)
         self.pending = RowState(pos=length, token=-1)
         return row
 

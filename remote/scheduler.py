@@ -8,10 +8,12 @@ of the others, and a client that goes away frees its row within one step.
 
 Prefill reuses the prefix cache (remote/prefix_cache.py): a prompt that shares a prefix with a
 recent one starts from its keys and values, and every finished (or cancelled) sequence leaves
-its prompt's there. A prompt with a cache hit, or longer than `prefill_chunk` tokens, is
-prefilled alone in chunks of `prefill_chunk`, one chunk per turn between decode steps, so the
-running sequences keep streaming while a long prompt is admitted; cold short prompts are still
-prefilled together in one padded batch.
+its prompt's there. Cold short prompts are prefilled together in one padded batch, and so are
+cache hits whose new tokens fit one chunk (typing users' keystrokes, which arrive together: one
+pass for all, each row from its own cached prefix). Any other prompt (a lone cache hit, or more
+than `prefill_chunk` new tokens) is prefilled alone in chunks of `prefill_chunk`, one chunk per
+turn between decode steps, so the running sequences keep streaming while a long prompt is
+admitted. Admission counts what a prompt will prefill: a cache hit only its new tokens.
 
 The event loop talks to the worker through `submit` (non-blocking; a full queue raises
 QueueFull) and the `Stream` it returns (events pushed with call_soon_threadsafe).
@@ -160,7 +162,8 @@ class Scheduler:
             return admitted
         longest = 0
         while self._waiting and len(admitted) < self._batch.free:
-            nxt = len(self._waiting[0].job.prompt)
+            prompt = self._waiting[0].job.prompt
+            nxt = len(prompt) - self._lookup(prompt)[1]  # what it prefills: a cache hit only its new tokens
             if admitted and (len(admitted) + 1) * max(longest, nxt) > self.max_prefill_tokens:
                 break
             longest = max(longest, nxt)
@@ -209,6 +212,14 @@ class Scheduler:
             self._sample(logits, len(self._running) - len(cold))
             self._sweep()
         rest = [(s, entry, n) for s, entry, n in plans if s not in cold]
+        # cache hits whose new tokens fit one chunk (typing users' keystrokes): one padded pass
+        quick = [(s, entry, n) for s, entry, n in rest
+                 if entry is not None and len(s.job.prompt) - n <= self.prefill_chunk]
+        pad = max((len(s.job.prompt) - n for s, _, n in quick), default=0)
+        quick = [(s, entry, n) for s, entry, n in quick if n + pad <= self._batch.block_size]  # padding fits
+        if len(quick) > 1:
+            self._prefill_cached(quick)
+            rest = [plan for plan in rest if plan not in quick]
         for i, (seq, entry, n) in enumerate(rest):
             if self._pending is not None:
                 with self._cond:  # back to the head of the queue, in order
@@ -221,6 +232,22 @@ class Scheduler:
             seq.source = entry.tokens if entry is not None else None
             self._pending = seq
             self._prefill_chunk()
+
+    def _prefill_cached(self, plans: list[tuple[SeqState, CachedPrefix, int]]) -> None:
+        """Sequences starting from cached prefixes, their new tokens in one padded pass."""
+        assert self._batch is not None
+        starts: list[tuple[tuple[torch.Tensor, torch.Tensor] | None, int, list[int]]] = [
+            ((entry.k, entry.v), n, list(s.job.prompt[n:])) for s, entry, n in plans]
+        logits = self._batch.prefill_cached(starts)
+        for seq, entry, n in plans:
+            self._count_lookups(1, n)
+            seq.cached, seq.fed = n, len(seq.job.prompt)
+            seq.source = entry.tokens
+        self._running.extend(s for s, _, _ in plans)
+        self.metrics.tokens_in.inc(sum(len(s.job.prompt) - n for s, _, n in plans))
+        self.metrics.prefill_chunks.inc()
+        self._sample(logits, len(self._running) - len(plans))
+        self._sweep()
 
     def _lookup(self, prompt: tuple[int, ...]) -> tuple[CachedPrefix | None, int]:
         return self.cache.lookup(prompt) if self.cache.enabled else (None, 0)

@@ -131,3 +131,49 @@ async def test_a_typing_user_copies_a_row_into_the_cache_once_not_at_every_keyst
         s.stop()
     assert snapshots == [len(windows[0])]
     assert [f.cached_tokens for _, f in out[1:]] == [common_prefix(windows[0], p) for p in windows[1:]]
+
+
+async def test_cache_hits_admitted_together_are_prefilled_in_one_pass_and_stay_exact() -> None:
+    """Three typing users' next keystrokes arrive together: each starts from its own cached
+    window, their new tokens run in one padded pass, and each output equals the cold engine's."""
+    users = [typing(SOURCE, 2), typing(SOURCE.replace("os", "re").upper(), 2), typing("def main():\n" * 12, 2)]
+    s = start(64 << 20, max_batch=4)
+    try:
+        for u in users:  # the first keystroke of each: cold, leaves its window in the cache
+            await drain(s.submit([Job(prompt=u[0], max_new_tokens=8, stop_on_eos=False)]))
+        passes = counter(s, "prefill_chunks")
+        jobs = [Job(prompt=u[1], max_new_tokens=8, stop_on_eos=False) for u in users]
+        with s._cond:  # hold the worker so all three wait for the same turn
+            handles = [s.submit([job]) for job in jobs]
+        out = [await drain(h) for h in handles]
+    finally:
+        s.stop()
+    assert [texts[0] for texts, _ in out] == [alone(j.prompt, 8) for j in jobs]
+    assert all(fins[0].cached_tokens >= len(u[0]) - 2 for (_, fins), u in zip(out, users, strict=True))
+    assert counter(s, "prefill_chunks") == passes + 1  # one pass, not one per user
+
+
+def test_a_batched_cached_prefill_equals_each_row_alone() -> None:
+    """BatchState.prefill_cached against start_row + extend, row by row (fp32: the same logits)."""
+    from codeassist.remote.batch import BatchState
+
+    e = tiny_engine()
+    windows = [typing(SOURCE, 2), typing("def main():\n" * 12, 2)]
+    with torch.inference_mode():
+        batch = BatchState(e.model, 4, e.device, e.dtype)
+        snaps = []
+        for w in windows:  # cache each first window, as the scheduler does when a request ends
+            batch.prefill([list(w[0])])
+            snaps.append(batch.snapshot(0, len(w[0]) - 1))
+            batch.remove(0)
+        starts = [(snap, len(w[0]) - 1, list(w[1][len(w[0]) - 1:])) for snap, w in zip(snaps, windows, strict=True)]
+        together = batch.prefill_cached(starts)
+        for row, (_, n, new) in enumerate(starts):
+            assert batch.rows[row].pos == n + len(new)
+        batch.rows.clear()
+        for i, (snap, n, new) in enumerate(starts):
+            batch.start_row(snap, n)
+            alone_logits = batch.extend(new)
+            batch.commit()
+            batch.remove(0)
+            torch.testing.assert_close(together[i], alone_logits, rtol=1e-4, atol=1e-4)
