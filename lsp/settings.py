@@ -40,7 +40,7 @@ class Settings:
         default=896, metadata={"key": "context.maxPromptTokens"})
     # other open files of the same language offered as snippets
     open_files: Annotated[int, Between(0, 32)] = field(default=4, metadata={"key": "context.openFiles"})
-    time_budget_ms: Annotated[int, Between(50, 30000)] = 1500  # a later suggestion is no longer useful
+    time_budget_ms: Annotated[int, Between(50, 30000)] = 1500  # decoding, after the prefill: later is no use
     cache: bool = True  # benchmarks switch these two off to measure what they save
     prefix_reuse: bool = True
     copy: bool = True  # copy-aware decoding: continuations found in the document and the workspace
