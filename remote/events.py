@@ -73,11 +73,16 @@ class Handle:
     """The caller's end of one request's sequences: (index, event) pairs; cancel() frees their rows
     within one step."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, wake: threading.Condition) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, wake: threading.Condition, stream: bool = True) -> None:
         self._loop = loop
         self._events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         self._wake = wake
         self.cancelled = threading.Event()
+        # a caller that waits for the whole answer (not streaming) gets each sequence's text as
+        # one Delta just before its Finished: the worker does not wake the event loop per token
+        # (each wake is a self-pipe write and Python work on the loop's thread, which then holds
+        # the GIL the worker needs between its torch calls)
+        self._buffered: dict[int, list[str]] | None = None if stream else {}
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -85,6 +90,16 @@ class Handle:
             self._wake.notify()
 
     def _put(self, index: int, event: Event) -> None:  # from the worker thread
+        if self._buffered is not None:
+            if isinstance(event, Delta):
+                self._buffered.setdefault(index, []).append(event.text)
+                return
+            text = "".join(self._buffered.pop(index, ()))
+            if text:
+                self._send(index, Delta(text))
+        self._send(index, event)
+
+    def _send(self, index: int, event: Event) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
             self._loop.call_soon_threadsafe(self._events.put_nowait, (index, event))
 

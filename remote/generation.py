@@ -80,9 +80,9 @@ def plan_jobs(ask: Ask, block_size: int, max_tokens_limit: int, deadline: float,
             for i in range(ask.n)]
 
 
-def submit(scheduler: Scheduler, jobs: list[Job], on_reject: Callable[[str], None]) -> Handle:
+def submit(scheduler: Scheduler, jobs: list[Job], on_reject: Callable[[str], None], stream: bool = True) -> Handle:
     try:
-        return scheduler.submit(jobs)
+        return scheduler.submit(jobs, stream)
     except QueueFull as exc:
         on_reject("queue_full")
         raise APIError(429, "the server is at capacity; retry later", code="queue_full",

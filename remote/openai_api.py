@@ -85,7 +85,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response | C
     limit = state.settings.request_timeout_s
     jobs = await anyio.to_thread.run_sync(plan_jobs, ask, state.block_size, state.settings.max_tokens_limit,
                                           deadline_after(limit), state.tokenizer)
-    handle = submit(state.scheduler, jobs, state.metrics.reject)
+    handle = submit(state.scheduler, jobs, state.metrics.reject, stream=body.stream)
     cid = f"cmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if not body.stream:

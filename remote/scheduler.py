@@ -91,8 +91,9 @@ class Scheduler:
         self._thread.start()
         self.accepting = True
 
-    def submit(self, jobs: list[Job]) -> Handle:
-        """Queue one request's jobs together (all or none). Raises QueueFull or NotAccepting."""
+    def submit(self, jobs: list[Job], stream: bool = True) -> Handle:
+        """Queue one request's jobs together (all or none). Raises QueueFull or NotAccepting.
+        `stream=False`: the caller waits for whole answers (see Handle)."""
         loop = asyncio.get_running_loop()
         with self._cond:
             if not self.accepting:
@@ -101,7 +102,7 @@ class Scheduler:
                 self._drop_dead()  # editors cancel often: cancelled requests must not hold places
             if len(self._waiting) + len(jobs) > self.max_queue:
                 raise QueueFull(self.retry_after_s())
-            handle = Handle(loop, self._cond)
+            handle = Handle(loop, self._cond, stream)
             self._waiting.extend(SeqState(j, handle, i, self._device, self.tokenizer) for i, j in enumerate(jobs))
             self._live += len(jobs)
             self.metrics.queued.set(len(self._waiting))
@@ -302,9 +303,9 @@ class Scheduler:
         seqs = self._running[first:first + logits.size(0)]
         # the ids never chosen, for every row at once (logits is the step's own float copy), so
         # one argmax gives every greedy row its token; the choosers need no more for those rows
-        mask_banned(logits, self.tokenizer, True)
         no_eos = [i for i, seq in enumerate(seqs) if not seq.job.stop_on_eos]
-        if no_eos:
+        mask_banned(logits, self.tokenizer, len(no_eos) < len(seqs))  # one pass when every row agrees
+        if no_eos and len(no_eos) < len(seqs):
             rows = torch.tensor(no_eos, device=logits.device)
             logits[rows] = mask_banned(logits[rows], self.tokenizer, False)
         greedy = logits.argmax(dim=-1).tolist()

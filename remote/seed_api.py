@@ -32,7 +32,7 @@ async def complete(body: CompleteRequest, request: Request) -> CompleteResponse:
     limit = state.settings.request_timeout_s
     jobs = await anyio.to_thread.run_sync(plan_jobs, ask, state.block_size, state.settings.max_tokens_limit,
                                           deadline_after(limit), state.tokenizer)
-    handle = submit(state.scheduler, jobs, state.metrics.reject)
+    handle = submit(state.scheduler, jobs, state.metrics.reject, stream=False)
     async with cancel_on_disconnect(request, handle):
         (choice,) = await collect(handle, 1, limit + 5.0)
     return CompleteResponse(completion=choice.text, full_code=body.code + choice.text + body.suffix)

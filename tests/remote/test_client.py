@@ -159,7 +159,7 @@ async def test_block_stops_beyond_four_reach_our_server_and_hold(shared_server: 
     submitted: list[tuple[str, ...]] = []
     submit = shared_server.state.scheduler.submit
     monkeypatch.setattr(shared_server.state.scheduler, "submit",
-                        lambda jobs: submitted.append(jobs[0].stop) or submit(jobs))
+                        lambda jobs, stream=True: submitted.append(jobs[0].stop) or submit(jobs, stream))
     client = RemoteClient(RemoteSettings(url=shared_server.url))
     try:
         got = await client.complete(prefix, "", max_tokens=12, temperature=0.0, stop=stops)

@@ -41,9 +41,9 @@ def spy_on_the_scheduler(live: Live, monkeypatch: pytest.MonkeyPatch) -> list[Se
     sent: list[Sent] = []
     submit = live.state.scheduler.submit
 
-    def spy(jobs: list[Job]) -> Any:
+    def spy(jobs: list[Job], stream: bool = True) -> Any:
         sent.append((jobs[0].prompt, jobs[0].forced_prefix))
-        return submit(jobs)
+        return submit(jobs, stream)
 
     monkeypatch.setattr(live.state.scheduler, "submit", spy)
     return sent

@@ -197,3 +197,24 @@ def test_batch_state_compaction_keeps_the_moved_row_exact() -> None:
             logits = batch.decode()
     for owner, n in enumerate((5, 12, 12)):
         assert tok.decode(outs[owner]) == alone(tuple(ps[owner]), n)
+
+
+async def test_a_caller_that_waits_for_whole_answers_gets_each_text_in_one_delta() -> None:
+    """submit(stream=False): no event per token (the worker does not wake the event loop for each);
+    each sequence's whole text arrives as one Delta right before its Finished, the same text a
+    streaming caller puts together."""
+    s = start(max_batch=4)
+    jobs = [Job(prompt=p, max_new_tokens=12, stop_on_eos=False) for p in prompts()[:2]]
+    try:
+        streamed = await drain(s.submit(jobs), 2)
+        handle = s.submit(jobs, stream=False)
+        events: list[tuple[int, object]] = []
+        while sum(isinstance(ev, Finished) for _, ev in events) < 2:
+            events.append(await asyncio.wait_for(handle.next(), 30))
+    finally:
+        s.stop()
+    for i in range(2):
+        mine = [ev for j, ev in events if j == i]
+        assert len(mine) == 2 and isinstance(mine[0], Delta) and isinstance(mine[1], Finished)
+        assert mine[0].text == streamed[0][i] and mine[0].text
+    assert streamed[0] == [alone(j.prompt, 12) for j in jobs]
