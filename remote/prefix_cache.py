@@ -16,9 +16,14 @@ cold prefill would (up to float rounding, as batched prefill already does). Work
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from codeassist.remote.metrics import ServerMetrics
 
 REPLACE_SLACK = 16  # a new entry replaces one it matches to within this many tokens of its end
 
@@ -104,3 +109,39 @@ class PrefixCache:
     def clear(self) -> None:
         self._entries.clear()
         self.nbytes = 0
+
+
+class PrefixReuse:
+    """The scheduler's use of the cache: how much of a prompt a lookup reuses, what a finished
+    row leaves behind, and the metrics of both. A disabled cache (0 bytes) reuses nothing."""
+
+    def __init__(self, cache: PrefixCache, metrics: ServerMetrics) -> None:
+        self.cache = cache
+        self.metrics = metrics
+
+    def lookup(self, prompt: tuple[int, ...]) -> tuple[CachedPrefix | None, int]:
+        return self.cache.lookup(prompt) if self.cache.enabled else (None, 0)
+
+    def count(self, lookups: int, reused: int) -> None:
+        """`lookups` prompts were looked up; one of them reused `reused` tokens (0: none did)."""
+        if self.cache.enabled:
+            self.metrics.cache_lookups.inc(lookups)
+            if reused:
+                self.metrics.cache_hits.inc()
+                self.metrics.cache_reused_tokens.inc(reused)
+
+    def remember(self, tokens: tuple[int, ...], source: tuple[int, ...] | None, cached: int,
+                 snapshot: Callable[[int], tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Keep the keys and values of `tokens` (a row's first len(tokens) prompt tokens; `snapshot(n)`
+        copies them), unless the entry the row started from (`source`, `cached` tokens reused) is
+        still there and covers nearly as much: a typing user's next keystroke then reuses that one,
+        so a row is not copied at every keystroke."""
+        cache = self.cache
+        if not cache.enabled or len(tokens) < cache.min_tokens or cache.holds(tokens):
+            return
+        if source is not None and cached >= len(tokens) - REPLACE_SLACK and cache.holds(source):
+            return
+        evicted = cache.evictions
+        cache.insert(tokens, *snapshot(len(tokens)))
+        self.metrics.cache_evictions.inc(cache.evictions - evicted)
+        self.metrics.cache_bytes.set(cache.nbytes)

@@ -46,7 +46,7 @@ from codeassist.remote.events import (
     SeqState,
 )
 from codeassist.remote.metrics import ServerMetrics
-from codeassist.remote.prefix_cache import REPLACE_SLACK, CachedPrefix, PrefixCache
+from codeassist.remote.prefix_cache import CachedPrefix, PrefixCache, PrefixReuse
 
 if TYPE_CHECKING:
     from codeassist.model.causal_lm import CausalLM
@@ -65,6 +65,7 @@ class Scheduler:
         self.max_prefill_tokens = max_prefill_tokens
         self.prefill_chunk = prefill_chunk
         self.cache = PrefixCache(prefix_cache_bytes)
+        self.reuse = PrefixReuse(self.cache, metrics)
         self._pending: SeqState | None = None  # the sequence being prefilled piecewise
         self._cond = threading.Condition()
         self._waiting: collections.deque[SeqState] = collections.deque()
@@ -164,7 +165,7 @@ class Scheduler:
         longest = 0
         while self._waiting and len(admitted) < self._batch.free:
             prompt = self._waiting[0].job.prompt
-            nxt = len(prompt) - self._lookup(prompt)[1]  # what it prefills: a cache hit only its new tokens
+            nxt = len(prompt) - self.reuse.lookup(prompt)[1]  # what it prefills: a cache hit only its new tokens
             if admitted and (len(admitted) + 1) * max(longest, nxt) > self.max_prefill_tokens:
                 break
             longest = max(longest, nxt)
@@ -203,13 +204,13 @@ class Scheduler:
         """Cold short prompts in one padded batch; then the others one by one from their cached
         prefix, until one of them needs more than a chunk (it stays pending; the rest wait)."""
         assert self._batch is not None
-        plans = [(s, *self._lookup(s.job.prompt)) for s in admitted]
+        plans = [(s, *self.reuse.lookup(s.job.prompt)) for s in admitted]
         cold = [s for s, _, n in plans if n == 0 and len(s.job.prompt) <= self.prefill_chunk]
         if cold:
             logits = self._batch.prefill([list(s.job.prompt) for s in cold])
             self._running.extend(cold)
             self.metrics.tokens_in.inc(sum(len(s.job.prompt) for s in cold))
-            self._count_lookups(len(cold), 0)
+            self.reuse.count(len(cold), 0)
             self._sample(logits, len(self._running) - len(cold))
             self._sweep()
         rest = [(s, entry, n) for s, entry, n in plans if s not in cold]
@@ -227,7 +228,7 @@ class Scheduler:
                     self._waiting.extendleft(s for s, _, _ in reversed(rest[i:]))
                     self.metrics.queued.set(len(self._waiting))
                 return
-            self._count_lookups(1, n)
+            self.reuse.count(1, n)
             self._batch.start_row((entry.k, entry.v) if entry is not None else None, n)
             seq.cached = seq.fed = n
             seq.source = entry.tokens if entry is not None else None
@@ -241,7 +242,7 @@ class Scheduler:
             ((entry.k, entry.v), n, list(s.job.prompt[n:])) for s, entry, n in plans]
         logits = self._batch.prefill_cached(starts)
         for seq, entry, n in plans:
-            self._count_lookups(1, n)
+            self.reuse.count(1, n)
             seq.cached, seq.fed = n, len(seq.job.prompt)
             seq.source = entry.tokens
         self._running.extend(s for s, _, _ in plans)
@@ -249,16 +250,6 @@ class Scheduler:
         self.metrics.prefill_chunks.inc()
         self._sample(logits, len(self._running) - len(plans))
         self._sweep()
-
-    def _lookup(self, prompt: tuple[int, ...]) -> tuple[CachedPrefix | None, int]:
-        return self.cache.lookup(prompt) if self.cache.enabled else (None, 0)
-
-    def _count_lookups(self, lookups: int, reused: int) -> None:
-        if self.cache.enabled:
-            self.metrics.cache_lookups.inc(lookups)
-            if reused:
-                self.metrics.cache_hits.inc()
-                self.metrics.cache_reused_tokens.inc(reused)
 
     def _prefill_chunk(self) -> None:
         """The pending sequence's next chunk; with its last, it joins the running batch."""
@@ -283,19 +274,10 @@ class Scheduler:
             self._sweep()
 
     def _remember(self, row: int, seq: SeqState, length: int) -> None:
-        """Keep the keys and values of `row`'s first `length` prompt tokens in the prefix cache,
-        unless the entry it started from is still there and covers nearly as much (a typing
-        user's next keystroke then reuses that one: no copy per keystroke)."""
-        assert self._batch is not None
-        tokens = seq.job.prompt[:length]
-        if not self.cache.enabled or len(tokens) < self.cache.min_tokens or self.cache.holds(tokens):
-            return
-        if seq.source is not None and seq.cached >= length - REPLACE_SLACK and self.cache.holds(seq.source):
-            return
-        evicted = self.cache.evictions
-        self.cache.insert(tokens, *self._batch.snapshot(row, len(tokens)))
-        self.metrics.cache_evictions.inc(self.cache.evictions - evicted)
-        self.metrics.cache_bytes.set(self.cache.nbytes)
+        """Leave `row`'s first `length` prompt tokens in the prefix cache (PrefixReuse.remember)."""
+        batch = self._batch
+        assert batch is not None
+        self.reuse.remember(seq.job.prompt[:length], seq.source, seq.cached, lambda n: batch.snapshot(row, n))
 
     def _sample(self, logits: torch.Tensor, first: int) -> None:
         """Choose the next token of rows first.. from their logits (one row each), apply stop rules."""
