@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from codeassist.training.cli import DEFAULT_TIME_BUDGET_S
-from codeassist.training.corpus import PACKAGES, Pin, archive_pin, normalize
+from codeassist.training.corpus import PACKAGES
+from codeassist.training.corpus_sources import Pin, fetch_archive, find_archive, normalize
 
 # Public Python projects in no training data, pinned to the newest release PyPI offered on
 # 2026-12-01 (sizes: the .py text of the sdist, tests included; lines: the gate's sample, at most
@@ -85,27 +86,16 @@ def _check_unseen() -> None:
 
 # ---- projects ---------------------------------------------------------------------------------
 
-def find_archive(archives: Path, pin: Pin) -> Path | None:
-    """The pinned sdist in `archives`, else its wheel."""
-    found = sorted(p for p in archives.glob("*") if archive_pin(p.name) == (pin.key, pin.version))
-    sdists = [p for p in found if p.suffix != ".whl"]
-    return (sdists or found)[0] if found else None
-
-
 def fetch(archives: Path, pin: Pin) -> Path:
-    """The project's archive, downloaded once (the sdist; the wheel when there is none)."""
-    archive = find_archive(archives, pin)
+    """The project's archive, downloaded once (the sdist, which holds its tests and docs; the
+    wheel when there is none): the corpus's fetch, preferring the other kind."""
+    archive = find_archive(archives, pin, prefer="sdist")
     if archive is not None:
         return archive
-    archives.mkdir(parents=True, exist_ok=True)
-    base = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(archives),
-            f"{pin.name}=={pin.version}"]
-    if subprocess.run([*base, "--no-binary", ":all:"], check=False).returncode != 0:
-        subprocess.run([*base, "--only-binary", ":all:"], check=True)
-    archive = find_archive(archives, pin)
-    if archive is None:
-        raise SystemExit(f"pip downloaded no archive of {pin.name}=={pin.version}")
-    return archive
+    try:
+        return fetch_archive(archives, pin, prefer="sdist")
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def unpack(archive: Path, projects: Path, pin: Pin) -> Path:

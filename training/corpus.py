@@ -40,7 +40,6 @@ from codeassist.training.corpus_sources import (
     read_package,
     stdlib_sources,
 )
-from codeassist.training.corpus_sources import archive_pin as archive_pin  # re-export: bench_finetune.py
 from codeassist.training.dedup import deduplicate
 from codeassist.training.fim import FIM_RATE
 from codeassist.training.shards import MANIFEST, Document, is_validation, write_manifest, write_split

@@ -102,21 +102,23 @@ def archive_pin(filename: str) -> tuple[str, str] | None:
     return None
 
 
-def find_archive(archives: Path, pin: Pin) -> Path | None:
-    """The pinned archive in `archives`: a wheel if there is one, else the sdist."""
+def find_archive(archives: Path, pin: Pin, prefer: str = "wheel") -> Path | None:
+    """The pinned archive in `archives`: of the kind `prefer` says (wheel or sdist) if there is
+    one, else the other."""
     found = sorted(p for p in archives.glob("*") if archive_pin(p.name) == (pin.key, pin.version))
-    wheels = [p for p in found if p.suffix == ".whl"]
-    return (wheels or found)[0] if found else None
+    preferred = [p for p in found if (p.suffix == ".whl") == (prefer == "wheel")]
+    return (preferred or found)[0] if found else None
 
 
-def fetch_archive(archives: Path, pin: Pin) -> Path:
-    """Download the pinned wheel (or, when the release has none, its sdist) into `archives`."""
+def fetch_archive(archives: Path, pin: Pin, prefer: str = "wheel") -> Path:
+    """Download the pinned wheel or sdist (`prefer`; the other when the release has none) into `archives`."""
     archives.mkdir(parents=True, exist_ok=True)
     base = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(archives),
             f"{pin.name}=={pin.version}"]
-    if subprocess.run([*base, "--only-binary", ":all:"], check=False).returncode != 0:
-        subprocess.run([*base, "--no-binary", ":all:"], check=True)
-    path = find_archive(archives, pin)
+    first, other = ("--only-binary", "--no-binary") if prefer == "wheel" else ("--no-binary", "--only-binary")
+    if subprocess.run([*base, first, ":all:"], check=False).returncode != 0:
+        subprocess.run([*base, other, ":all:"], check=True)
+    path = find_archive(archives, pin, prefer)
     if path is None:
         raise FileNotFoundError(f"pip downloaded no archive for {pin.name} {pin.version}")
     return path

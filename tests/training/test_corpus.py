@@ -175,3 +175,17 @@ def test_duplicates_across_packages_are_dropped(tmp_path: Path) -> None:
     second = next(p for p in manifest["packages"] if p["name"] == "second")
     assert second["files"] == 0
     assert second["dropped"] == {"exact duplicate": 1, "near duplicate": 1}
+
+
+def test_find_archive_takes_the_kind_asked_for_else_the_other(tmp_path: Path) -> None:
+    # the corpus reads wheels (built code); bench_finetune reads sdists (tests and docs included)
+    from codeassist.training.corpus_sources import find_archive
+
+    wheel = tmp_path / "okpkg-1.0-py3-none-any.whl"
+    sdist = tmp_path / "okpkg-1.0.tar.gz"
+    sdist.write_bytes(b"")
+    assert find_archive(tmp_path, Pin("okpkg", "1.0")) == sdist  # no wheel: the sdist
+    wheel.write_bytes(b"")
+    assert find_archive(tmp_path, Pin("okpkg", "1.0")) == wheel
+    assert find_archive(tmp_path, Pin("okpkg", "1.0"), prefer="sdist") == sdist
+    assert find_archive(tmp_path, Pin("okpkg", "2.0")) is None
