@@ -55,6 +55,8 @@ __all__ = ["Delta", "Event", "Failed", "Finished", "Handle", "Job", "NotAcceptin
 
 log = logging.getLogger(__name__)
 
+Plan = tuple[SeqState, CachedPrefix | None, int]  # an admitted sequence, its cache entry, the tokens it reuses
+
 
 class Scheduler:
     def __init__(self, metrics: ServerMetrics, max_batch: int = 16, max_queue: int = 64,
@@ -150,26 +152,28 @@ class Scheduler:
                     self._turn(admitted)
                 except Exception:
                     log.exception("the model failed; failing the sequences it held")
-                    self._fail_all(admitted)
+                    self._fail_all([s for s, _, _ in admitted])
         self._fail_all([])
         if self._batch is not None:
             self._batch.close()
 
-    def _admit(self) -> list[SeqState]:
-        """Under the lock: drop dead waiting sequences, take what fits the free rows."""
+    def _admit(self) -> list[Plan]:
+        """Under the lock: drop dead waiting sequences, take what fits the free rows, each with
+        its prefix-cache lookup (what it prefills is only what the cache does not hold)."""
         assert self._batch is not None
         self._drop_dead()
-        admitted: list[SeqState] = []
+        admitted: list[Plan] = []
         if self._pending is not None:  # its row must be the last one: nothing joins until it has
             return admitted
         longest = 0
         while self._waiting and len(admitted) < self._batch.free:
-            prompt = self._waiting[0].job.prompt
-            nxt = len(prompt) - self.reuse.lookup(prompt)[1]  # what it prefills: a cache hit only its new tokens
+            seq = self._waiting[0]
+            entry, n = self.reuse.lookup(seq.job.prompt)
+            nxt = len(seq.job.prompt) - n
             if admitted and (len(admitted) + 1) * max(longest, nxt) > self.max_prefill_tokens:
                 break
             longest = max(longest, nxt)
-            admitted.append(self._waiting.popleft())
+            admitted.append((self._waiting.popleft(), entry, n))
         self.metrics.queued.set(len(self._waiting))
         return admitted
 
@@ -186,7 +190,7 @@ class Scheduler:
                 self._live -= 1
         self.metrics.queued.set(len(self._waiting))
 
-    def _turn(self, admitted: list[SeqState]) -> None:
+    def _turn(self, admitted: list[Plan]) -> None:
         batch = self._batch
         assert batch is not None
         if self._pending is not None:
@@ -200,11 +204,10 @@ class Scheduler:
             self._sweep()
         self.metrics.running.set(len(self._running))
 
-    def _prefill(self, admitted: list[SeqState]) -> None:
+    def _prefill(self, plans: list[Plan]) -> None:
         """Cold short prompts in one padded batch; then the others one by one from their cached
         prefix, until one of them needs more than a chunk (it stays pending; the rest wait)."""
         assert self._batch is not None
-        plans = [(s, *self.reuse.lookup(s.job.prompt)) for s in admitted]
         cold = [s for s, _, n in plans if n == 0 and len(s.job.prompt) <= self.prefill_chunk]
         if cold:
             logits = self._batch.prefill([list(s.job.prompt) for s in cold])
