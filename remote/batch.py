@@ -87,27 +87,7 @@ class BatchState:
 
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
         """Add prompts as new rows n..n+m-1; returns the logits after each prompt, (m, vocab)."""
-        m = len(prompts)
-        if self.pending is not None:
-            raise ValueError("a row is being prefilled piecewise")
-        if m == 0 or m > self.free:
-            raise ValueError(f"cannot prefill {m} prompts into {self.free} free rows")
-        start = self.active
-        lengths = [len(p) for p in prompts]
-        T = max(lengths)
-        if min(lengths) < 1 or self.block_size < T:
-            raise ValueError("a prompt is empty or longer than the context")
-        self._install([_RowView(c, start, m) for c in self.caches])
-        try:
-            # right-pad: each row's padding slots are masked, then overwritten by its decode steps
-            x = torch.tensor([p + [0] * (T - len(p)) for p in prompts], device=self.device)  # (m, T)
-            pos = torch.arange(T, device=self.device).unsqueeze(0)  # (1, T): same slots in every row
-            logits = self.model.last_token_logits(x, pos, T, lengths).float()  # (m, vocab)
-        finally:
-            self._install(self.caches)
-        # the token to feed is decided by the caller after sampling; -1 marks "not yet sampled"
-        self.rows.extend(RowState(pos=n, token=-1) for n in lengths)
-        return logits
+        return self.prefill_cached([(None, 0, list(p)) for p in prompts])
 
     def decode(self) -> torch.Tensor:
         """One step for every active row, each feeding its `token` at its `pos`; logits (n, vocab)."""
@@ -133,10 +113,7 @@ class BatchState:
             raise IndexError(f"row {row} is not active")
         moved = None
         if row != last:
-            length = self.rows[last].pos
-            for c in self.caches:
-                c.k[row, :, :length] = c.k[last, :, :length]
-                c.v[row, :, :length] = c.v[last, :, :length]
+            self._copy(last, row, self.rows[last].pos)
             self.rows[row] = self.rows[last]
             moved = last
         self.rows.pop()
@@ -155,7 +132,8 @@ class BatchState:
         tokens after it). The prefixes are copied in, then every row's tokens run in one
         right-padded pass at positions L.., each row its own. Logits after each row's last token,
         (m, vocab). Typing users' keystrokes arrive together, each a cached window plus a few new
-        tokens: one pass for all of them instead of one pass each."""
+        tokens: one pass for all of them instead of one pass each. Cold prompts are the case L = 0
+        (`prefill`)."""
         m = len(starts)
         if self.pending is not None:
             raise ValueError("a row is being prefilled piecewise")
@@ -173,7 +151,11 @@ class BatchState:
             # right-pad: a row's padding writes slots past its end, which its mask hides and its
             # own decode steps overwrite before they can be seen (as in `prefill`)
             x = torch.tensor([t + [0] * (T - len(t)) for _, _, t in starts], device=self.device)  # (m, T)
-            pos = torch.tensor([[n + j for j in range(T)] for _, n, _ in starts], device=self.device)  # (m, T)
+            offsets = {n for _, n, _ in starts}
+            if len(offsets) == 1:  # the same slots in every row (cold prompts: the causal kernel)
+                pos = torch.arange(T, device=self.device).unsqueeze(0) + offsets.pop()  # (1, T)
+            else:
+                pos = torch.tensor([[n + j for j in range(T)] for _, n, _ in starts], device=self.device)  # (m, T)
             kv_len = max(n for _, n, _ in starts) + T
             logits = self.model.last_token_logits(x, pos, kv_len, [len(t) for _, _, t in starts]).float()
         finally:
