@@ -22,13 +22,14 @@ from codeassist.evaluation.report import Report, Sample, TypingReport, process_t
 from codeassist.lsp.client import EditorClient, JsonRpcException, uri_of
 from codeassist.lsp.launch import LANGUAGES, language_of, server_command
 from codeassist.lsp.pipeline import percentile
+from codeassist.model.sources import MAX_BYTES
 
 __all__ = ["LANGUAGES", "MAX_FILE_BYTES", "ask_line", "collect_files", "evaluate", "evaluate_workspace",
            "server_command", "type_file", "wait_index"]
 
 log = logging.getLogger(__name__)
 
-MAX_FILE_BYTES = 1 << 20
+MAX_FILE_BYTES = MAX_BYTES  # the collector's limit (model/sources.py)
 INDEX_TIMEOUT_S = 120.0  # the workspace index must be ready within this, or the eval goes on without
 
 

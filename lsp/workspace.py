@@ -32,15 +32,14 @@ import numpy as np
 
 from codeassist.lsp.context import Snippet
 from codeassist.model.copy import KEY, Candidate, CopyIndex, find_candidates, find_in_text
+from codeassist.model.sources import MAX_BYTES, content_rule, list_candidates, scope_rule, stat_rule
 from codeassist.model.sources import Candidate as Scoped
-from codeassist.model.sources import content_rule, list_candidates, scope_rule, stat_rule
 from codeassist.model.tokenization import Tokenizer, resolve
 
 log = logging.getLogger(__name__)
 
 MAX_TOKENS = 4_000_000  # 64 MB of index (16 bytes a token); about 200 MB at the peak of a build
 MAX_FILES = 50_000
-MAX_FILE_BYTES = 1 << 20
 CHUNK_TOKENS = 128  # retrieved snippets: windows of about a dozen lines
 MAX_VOTERS = 200  # a query n-gram found more often than this says nothing about where to look
 
@@ -77,10 +76,10 @@ def read_source(path: Path) -> str | None:
     """The file's text, or None when the collector's content rules drop it (binary, minified...)."""
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+            data = f.read(MAX_BYTES + 1)
     except OSError:
         return None
-    if len(data) > MAX_FILE_BYTES or content_rule(data) is not None:
+    if len(data) > MAX_BYTES or content_rule(data) is not None:
         return None
     return data.decode("utf-8")
 
