@@ -312,6 +312,31 @@ def _fusable(layers: Sequence[nn.Module]) -> bool:
             and all((m.bias is None) == (first.bias is None) for m in layers))
 
 
+def int8_kernel(layers: Sequence[nn.Module]) -> Any | None:
+    """The CPU kernel's packed weights for one int8 linear, or for several that share an input
+    (their weights concatenated, cached on the first layer); None when the layers are not int8
+    linears or the kernel is unavailable (then each layer runs its own fallback)."""
+    first = layers[0]
+    if len(layers) == 1:
+        if type(first) is not Int8Linear:
+            return None
+        return first._cached("cpu", lambda: _int8_pack_cpu(first.qweight, first.scales, first.bias))
+    if not _fusable(layers):
+        return None
+    assert isinstance(first, Int8Linear)
+    ints = [m for m in layers if isinstance(m, Int8Linear)]
+    key = (_reloads[0], *((m.qweight.device, m.qweight.data_ptr(), m.scales.data_ptr()) for m in ints))
+    if first._fused is None or first._fused[0] != key:
+        bias = None if first.bias is None else torch.cat([m.bias for m in ints if m.bias is not None])
+        try:
+            packed = _int8_pack_cpu(torch.cat([m.qweight for m in ints]), torch.cat([m.scales for m in ints]), bias)
+        except (RuntimeError, AttributeError) as exc:
+            _warn_once("int8-fused", f"the int8 kernel is unavailable ({exc}); using dequantized weights")
+            packed = None
+        first._fused = (key, packed)
+    return first._fused[1]
+
+
 def fused_linear(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch.Tensor, ...]:
     """Each layer applied to x: one kernel call when they are int8 linears on a CPU, else one call each.
 
@@ -321,22 +346,9 @@ def fused_linear(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch.Te
     layer and are rebuilt when any layer's weights change. Outputs are views of one tensor.
     """
     if x.device.type == "cpu" and _fusable(layers):
-        first = layers[0]
-        assert isinstance(first, Int8Linear)
-        key = (_reloads[0], *((m.qweight.device, m.qweight.data_ptr(), m.scales.data_ptr()) for m in layers
-                              if isinstance(m, Int8Linear)))
-        if first._fused is None or first._fused[0] != key:
-            ints = [m for m in layers if isinstance(m, Int8Linear)]
-            bias = None if first.bias is None else torch.cat([m.bias for m in ints if m.bias is not None])
-            try:
-                packed = _int8_pack_cpu(torch.cat([m.qweight for m in ints]), torch.cat([m.scales for m in ints]),
-                                        bias)
-            except (RuntimeError, AttributeError) as exc:
-                _warn_once("int8-fused", f"the int8 kernel is unavailable ({exc}); using dequantized weights")
-                packed = None
-            first._fused = (key, packed)
-        if first._fused[1] is not None:
-            y = torch.ops.quantized.linear_dynamic(x.float(), first._fused[1], True)
+        packed = int8_kernel(layers)
+        if packed is not None:
+            y = torch.ops.quantized.linear_dynamic(x.float(), packed, True)
             y = y if x.dtype == torch.float32 else y.to(x.dtype)
             return tuple(y.split([m.out_features for m in layers if isinstance(m, Int8Linear)], dim=-1))
     return tuple(m(x) for m in layers)
