@@ -12,10 +12,10 @@ import math
 
 import torch
 import torch.nn as nn
-from torch.nn import functional as F
 
-from codeassist.model.causal_lm import CausalLM, KVCache, attend
+from codeassist.model.causal_lm import CausalLM, KVCache, attend, gelu_tanh
 from codeassist.model.config import ModelConfig
+from codeassist.model.scripted_decode import gpt2_step
 
 __all__ = ["GPT", "KVCache", "ModelConfig", "gelu_tanh"]
 
@@ -53,26 +53,6 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
-
-
-_GELU_K = 2 * math.sqrt(2 / math.pi)
-_GELU_FAST_MIN = 1 << 16  # elements
-
-
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """GPT-2's tanh approximation of GELU.
-
-    Without autograd, on a CPU and for a prompt's worth of rows, it is computed as
-    x * sigmoid(2c (x + 0.044715 x^3)), the same function (tanh z = 2 sigmoid(2z) - 1) in five
-    vectorised passes, within 1e-6 of F.gelu's tanh form: 1.6x faster alone at a 300-token
-    prefill's shape, 5.4 -> 4.4 ms of GELU inside the whole prefill. A decode step's few rows
-    keep the single call (five dispatches cost more there).
-    """
-    if torch.is_grad_enabled() or x.device.type != "cpu" or x.numel() < _GELU_FAST_MIN:
-        return F.gelu(x, approximate="tanh")
-    y = x * x
-    y.mul_(0.044715 * _GELU_K).add_(_GELU_K).mul_(x).sigmoid_()
-    return y.mul_(x)
 
 
 class Block(nn.Module):
@@ -156,6 +136,10 @@ class GPT(CausalLM):
         else:
             x = self.transformer.wte(idx) + self.transformer.wpe(input_pos)
         x = self.transformer.drop(x)
-        for block in self.transformer.blocks():
-            x = block(x, input_pos, kv_len)
+        step = None if input_pos is None or T != 1 else gpt2_step(self, x, input_pos, kv_len)
+        if step is not None:
+            x = step  # a token a row of an int8 model on a CPU: one scripted function (model/scripted_decode.py)
+        else:
+            for block in self.transformer.blocks():
+                x = block(x, input_pos, kv_len)
         return self.transformer.ln_f(x)

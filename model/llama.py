@@ -25,10 +25,9 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from codeassist.model.causal_lm import CausalLM, KVCache, attend
-from codeassist.model.gpt import gelu_tanh
-from codeassist.model.llama_decode import decode_step
+from codeassist.model.causal_lm import CausalLM, KVCache, attend, gelu_tanh
 from codeassist.model.quant_layers import fused_linear
+from codeassist.model.scripted_decode import llama_step
 
 MODEL_TYPES = ("llama", "qwen2", "starcoder2")
 ROPE_TYPES = ("default", "linear")
@@ -306,9 +305,9 @@ class Llama(CausalLM):
             pos = input_pos
         x = self.model.embed_tokens(idx)  # (B, T, C)
         cos, sin = rope_tables(self.config, pos, x.dtype)
-        step = None if input_pos is None or T != 1 else decode_step(self, x, cos, sin, input_pos, kv_len)
+        step = None if input_pos is None or T != 1 else llama_step(self, x, cos, sin, input_pos, kv_len)
         if step is not None:
-            x = step  # one token of an int8 model on a CPU: one scripted function (model/llama_decode.py)
+            x = step  # a token a row of an int8 model on a CPU: one scripted function (model/scripted_decode.py)
         else:
             for layer in self.model.blocks():
                 x = layer(x, cos, sin, input_pos, kv_len)

@@ -92,7 +92,7 @@ def test_float_qwen_decode_steps_equal_one_long_prefill() -> None:
 @torch.inference_mode()
 def test_int8_qwen_decode_is_bitwise_the_unfused_decode(monkeypatch: pytest.MonkeyPatch) -> None:
     from codeassist.model import llama
-    monkeypatch.setattr(llama, "decode_step", lambda *args: None)  # the modules (llama_decode has its own test)
+    monkeypatch.setattr(llama, "llama_step", lambda *args: None)  # the modules (scripted_decode has its own test)
     torch.manual_seed(0)
     fp32 = Llama(QWEN_LIKE).eval()
     model = quantize(fp32, "int8").build(fp32).eval()

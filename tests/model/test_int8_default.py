@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from codeassist.model import quant_layers as quantized
+from codeassist.model import scripted_decode
 from codeassist.model import tokenizer as tok
 from codeassist.model.engine import Engine, GenerationRequest, StopRules
 from codeassist.model.quantized import Int8Embedding, Int8Linear, TiedHead
@@ -64,6 +65,9 @@ def int8_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
             return out
 
     monkeypatch.setattr(torch.ops, "quantized", CountingOps())
+    # TorchScript cannot compile the decode step against this Python stand-in, so the step runs
+    # eagerly (and is counted) here; the eager stand-in is forgotten after the test
+    monkeypatch.setattr(scripted_decode, "_compiled", {})
     return calls
 
 
