@@ -328,13 +328,15 @@ class RemoteBackend:
 
 def _warm_up(engine: Engine) -> None:
     """One tiny healed generation: builds the healing index and warms the kernels, so the
-    user's first request costs what every later one does."""
+    user's first request costs what every later one does. Three tokens, so two decode steps:
+    TorchScript compiles the scripted step on its first call (~80 ms here) and optimizes it on
+    its second (~10 ms; model/scripted_decode.py)."""
     from codeassist.model.engine import GenerationRequest, StopRules
 
     tok = engine.tokenizer  # the model's own: an open family's ids are not GPT-2's
     ids = tok.encode("def main():\n    ")
     engine.generate(GenerationRequest(prompt=(*tok.lead_ids(), *ids[:-1]), forced_prefix=tok.token_bytes(ids[-1]),
-                                      stop=StopRules(max_new_tokens=2)))
+                                      stop=StopRules(max_new_tokens=3, stop_on_eos=False)))
 
 
 def make_backend(kind: str, model: str, device: str, remote: RemoteSettings) -> Backend:
