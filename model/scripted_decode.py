@@ -43,7 +43,10 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     Packed = Any
 else:  # TorchScript needs the real class in the functions' annotations
-    Packed = torch.classes.quantized.LinearPackedParamsBase
+    try:
+        Packed = torch.classes.quantized.LinearPackedParamsBase
+    except (RuntimeError, AttributeError):  # a PyTorch without int8 kernels: the modules' fallback runs
+        Packed = Any
 
 # per layer: ln_1 weight and bias, c_attn, attn.c_proj, ln_2 weight and bias, c_fc, mlp.c_proj
 GPT2Layer = tuple[torch.Tensor, torch.Tensor | None, Packed, Packed, torch.Tensor, torch.Tensor | None,
