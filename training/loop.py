@@ -165,7 +165,12 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
     opt = make_optimizer(model, cfg)
     state = TrainState(max_iters=cfg.max_iters, data_id=data_id)
     state_path = out_dir / "state.safetensors"
-    if resume and state_path.exists():
+    # every rank resumes or none does, as rank 0 sees the checkpoint: a rank that looked by itself
+    # while rank 0 was still writing the last save of a run just ended in this process started
+    # afresh, and the ranks' collectives then waited on each other for ever. The sum is a
+    # collective, so rank 0 has finished that save by the time any rank reads the file.
+    found = bool(resume and dist.is_main and state_path.exists())
+    if dist_sum(dist, [float(found)])[0] > 0:
         state = load_train_state(state_path, model, opt, cfg, model.config, data_id=data_id,
                                  loader=fsdp.state_loader(model, opt) if sharded else None)
         log.info("resumed at step %d", state.step)
