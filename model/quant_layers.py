@@ -164,7 +164,7 @@ class Int8Linear(nn.Module):
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu":
-            packed = self._cached("cpu", lambda: _int8_pack_cpu(self.qweight, self.scales, self.bias))
+            packed = self.cpu_kernel()
             if packed is not None:
                 y = torch.ops.quantized.linear_dynamic(x.float(), packed, True)  # 7-bit activations: no overflow
                 return y if x.dtype == torch.float32 else y.to(x.dtype)
@@ -175,6 +175,10 @@ class Int8Linear(nn.Module):
             except RuntimeError as exc:
                 _warn_once("int8-cuda", f"the fused int8 CUDA kernel failed ({exc}); using dequantized weights")
         return _reference_linear(self, x)
+
+    def cpu_kernel(self) -> Any | None:
+        """The CPU kernel's packed weights (built on first use), or None when it is unavailable."""
+        return self._cached("cpu", lambda: _int8_pack_cpu(self.qweight, self.scales, self.bias))
 
     def _cached(self, key: str, make: Any) -> Any:
         full_key = (key, self.qweight.device, self.qweight.data_ptr(), self.scales.data_ptr())
@@ -318,9 +322,7 @@ def int8_kernel(layers: Sequence[nn.Module]) -> Any | None:
     linears or the kernel is unavailable (then each layer runs its own fallback)."""
     first = layers[0]
     if len(layers) == 1:
-        if type(first) is not Int8Linear:
-            return None
-        return first._cached("cpu", lambda: _int8_pack_cpu(first.qweight, first.scales, first.bias))
+        return first.cpu_kernel() if type(first) is Int8Linear else None
     if not _fusable(layers):
         return None
     assert isinstance(first, Int8Linear)

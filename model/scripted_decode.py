@@ -124,14 +124,15 @@ class DecodePlan:
 
     def __init__(self, model: Any, norms: tuple[str, ...], gather: Callable[[Any], tuple[Any, ...] | None]) -> None:
         self.tensors: list[torch.Tensor] = []
+        all_int8 = True
         for block in model.transformer.blocks():
+            linears = [block.get_submodule(name) for name in model.BLOCK_LINEARS]
+            all_int8 = all_int8 and all(type(m) is Int8Linear for m in linears)
             self.tensors += [block.get_submodule(name).weight for name in norms]
-            self.tensors += [m.qweight for name in model.BLOCK_LINEARS
-                             if isinstance(m := block.get_submodule(name), Int8Linear)]
+            self.tensors += [m.qweight for m in linears if isinstance(m, Int8Linear)]
         self.key = self._key()
         self.layers: list[Any] = []
-        if not all(type(block.get_submodule(name)) is Int8Linear
-                   for block in model.transformer.blocks() for name in model.BLOCK_LINEARS):
+        if not all_int8:
             return
         for block in model.transformer.blocks():
             layer = gather(block)
